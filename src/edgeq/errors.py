@@ -1,0 +1,36 @@
+"""User-facing errors: each says which input, what is wrong, and what to do about it."""
+from __future__ import annotations
+
+
+class EdgeqError(Exception):
+    """An error caused by the user's input, reported without a traceback by the CLI.
+
+    Args:
+        what: what went wrong, naming the file or tensor involved.
+        fix: what the user can do about it (optional).
+    """
+
+    def __init__(self, what: str, fix: str | None = None) -> None:
+        self.what = what
+        self.fix = fix
+        super().__init__(what if not fix else f"{what}\n  fix: {fix}")
+
+
+class ModelError(EdgeqError):
+    """The model file cannot be read or has an unsupported structure."""
+
+
+class HeadNotFoundError(ModelError):
+    """No known detection/segmentation head was found in the graph."""
+
+
+class CalibrationError(EdgeqError):
+    """The calibration data is missing, empty or unreadable."""
+
+
+class ArtifactError(EdgeqError):
+    """A converted artifact or its metadata is unreadable or inconsistent."""
+
+
+class UnsupportedOpError(EdgeqError):
+    """An operator (or an attribute combination) the chosen target cannot express."""
