@@ -1,0 +1,66 @@
+"""Run the float graph over calibration images and stream per-tensor statistics."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from edgeq.calib.histogram import StreamingHistogram
+from edgeq.calib.preprocess import to_nchw_float
+
+
+def activation_names(model: onnx.ModelProto) -> list[str]:
+    """Every float activation: the graph input and each node output not computed from constants only."""
+    init = {t.name for t in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in init]
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            continue
+        names.extend(o for o in node.output if o)
+    return names
+
+
+def expose_all(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of the model whose outputs are ``names`` (shapes left to ORT)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in existing:
+            m.graph.output.append(helper.make_empty_tensor_value_info(n))
+    return m
+
+
+def make_session(model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    # graph optimisations fuse nodes and would hide the tensors we need to observe
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def collect_histograms(
+    model: onnx.ModelProto,
+    images: Iterable[np.ndarray],
+    *,
+    threads: int | None = None,
+) -> dict[str, StreamingHistogram]:
+    """Per-tensor streaming histograms over ``images`` (letterboxed RGB uint8 HWC).
+
+    Memory is one image's activations plus a fixed-size histogram per tensor.
+    """
+    names = activation_names(model)
+    session = make_session(expose_all(model, names), threads)
+    input_name = session.get_inputs()[0].name
+    hists = {n: StreamingHistogram() for n in names}
+    for rgb in images:
+        x = to_nchw_float(rgb)
+        outputs = session.run(names, {input_name: x})
+        for name, value in zip(names, outputs):
+            if value.dtype == np.float32 and value.size:
+                hists[name].update(value)
+    return {n: h for n, h in hists.items() if h.total}

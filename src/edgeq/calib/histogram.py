@@ -1,0 +1,56 @@
+"""A streaming histogram per tensor: fixed memory, whatever the number of images."""
+from __future__ import annotations
+
+import numpy as np
+
+NUM_BINS = 2048
+
+
+class StreamingHistogram:
+    """Exact min/max plus a histogram whose range grows to cover every value seen.
+
+    When new values fall outside the current range, the range is widened and the old counts
+    are re-binned at their bin centres (a small smear, bounded by one old bin width).
+    """
+
+    def __init__(self, bins: int = NUM_BINS) -> None:
+        self.bins = bins
+        self.counts = np.zeros(bins, np.int64)
+        self.lo = np.inf
+        self.hi = -np.inf
+        self.min = np.inf
+        self.max = -np.inf
+        self.total = 0
+
+    def update(self, x: np.ndarray) -> None:
+        x = x.reshape(-1)
+        xmin, xmax = float(x.min()), float(x.max())
+        self.min, self.max = min(self.min, xmin), max(self.max, xmax)
+        if xmin < self.lo or xmax > self.hi:
+            self._widen(xmin, xmax)
+        scale = self.bins / (self.hi - self.lo)
+        idx = ((x - np.float32(self.lo)) * np.float32(scale)).astype(np.int32)
+        np.clip(idx, 0, self.bins - 1, out=idx)
+        self.counts += np.bincount(idx, minlength=self.bins)
+        self.total += x.size
+
+    def _widen(self, xmin: float, xmax: float) -> None:
+        if self.total == 0:
+            lo, hi = xmin, xmax
+            if hi - lo < 1e-12:
+                lo, hi = lo - 1e-6, hi + 1e-6
+            self.lo, self.hi = lo, hi
+            return
+        old_centres, old_counts = self.centres(), self.counts
+        width = self.hi - self.lo
+        lo, hi = min(self.lo, xmin), max(self.hi, xmax)
+        # widen by a margin so a slowly drifting range does not re-bin on every image
+        margin = 0.1 * max(hi - lo, width)
+        lo = lo - margin if xmin < self.lo else lo
+        hi = hi + margin if xmax > self.hi else hi
+        self.lo, self.hi = lo, hi
+        self.counts = np.histogram(old_centres, bins=self.bins, range=(lo, hi), weights=old_counts)[0].astype(np.int64)
+
+    def centres(self) -> np.ndarray:
+        edges = np.linspace(self.lo, self.hi, self.bins + 1)
+        return ((edges[:-1] + edges[1:]) / 2).astype(np.float64)

@@ -1,0 +1,168 @@
+"""The ``edgeq`` command line: a thin layer over the Python API."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgeq import __version__
+from edgeq.errors import EdgeqError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help=(
+        "Smart INT8 quantization of YOLO models into self-describing edge artifacts.\n\n"
+        "Typical flow:\n\n"
+        "  edgeq convert yolov8n.onnx --calib coco-calib/ -o yolov8n.tflite\n\n"
+        "  edgeq predict yolov8n.tflite bus.jpg -o bus-pred.png\n\n"
+        "  edgeq validate yolov8n.tflite --data val/instances.json --images val/images --compare yolov8n.onnx"
+    ),
+)
+console = Console(stderr=True)
+
+
+def _run(fn, *args, **kwargs):
+    """Run an API call, turning user errors into a clear message and exit code 2."""
+    try:
+        return fn(*args, **kwargs)
+    except EdgeqError as e:
+        console.print(f"[bold red]error:[/] {e.what}")
+        if e.fix:
+            console.print(f"[yellow]fix:[/] {e.fix}")
+        raise typer.Exit(2) from None
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging.")) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+
+
+@app.command()
+def version() -> None:
+    """Print the edgeq version."""
+    print(__version__)
+
+
+@app.command()
+def convert(
+    model: Path = typer.Argument(..., help="Float ONNX model (Ultralytics YOLOv8/YOLO11 detect or segment export)."),
+    calib: Path = typer.Option(..., "--calib", help="Calibration images: a folder, a dataset folder with images/, or a COCO instances.json."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Artifact path [default: <model>-<split>-int8.tflite]."),
+    split: str = typer.Option("smart", "--split", help="smart: cut at the head's per-scale endpoints (recommended); combined: one concatenated output (upstream baseline)."),
+    calib_count: Optional[int] = typer.Option(None, "--calib-count", help="Use only the first N calibration images [default: all]."),
+    calib_method: str = typer.Option("auto", "--calib-method", help="Range setting for activations: auto | minmax | percentile | mse."),
+    split_hints: Optional[Path] = typer.Option(None, "--split-hints", help="EdgeFirst split_hints file (JSON/YAML) to check and name the cut."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for calibration."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Convert an ONNX model into a fully-integer TFLite artifact with embedded metadata.
+
+    The artifact takes raw uint8 RGB pixels (letterboxed, pad 114), gives int8 outputs each
+    with its own scale, and carries edgefirst.json + labels.txt in an appended ZIP, so any
+    schema-v2 runtime (edgeq, EdgeFirst HAL) decodes it from the file alone.
+    """
+    from edgeq.config import ConvertConfig
+    from edgeq.pipeline import convert as run_convert
+
+    if split not in ("smart", "combined"):
+        console.print(f"[bold red]error:[/] --split must be smart or combined, not {split!r}")
+        raise typer.Exit(2)
+    cfg = ConvertConfig(split=split, calib_count=calib_count, calib_method=calib_method, split_hints=split_hints, threads=threads)  # type: ignore[arg-type]
+    result = _run(run_convert, model, calib, output, cfg, progress=not quiet)
+    size = result.path.stat().st_size / 1e6
+    console.print(f"[green]wrote[/] {result.path} ({size:.1f} MB, {len(result.meta.outputs)} logical outputs, split={split})")
+
+
+@app.command()
+def inspect(
+    path: Path = typer.Argument(..., help="An artifact (.tflite with embedded metadata) or an ONNX model."),
+    as_json: bool = typer.Option(False, "--json", help="Print the embedded edgefirst.json instead of a summary."),
+) -> None:
+    """Show what an artifact contains (outputs, quantization, provenance) or what head an ONNX model has."""
+    from edgeq.inspect import inspect_path
+
+    report = _run(inspect_path, path)
+    if as_json:
+        print(json.dumps(report, indent=1))
+        return
+    _print_inspect(report)
+
+
+def _print_inspect(report: dict) -> None:
+    console.print(f"[bold]{report['path']}[/]  ({report['kind']})")
+    for key in ("task", "decoder_version", "classes", "input", "head"):
+        if key in report:
+            console.print(f"  {key}: {report[key]}")
+    if report.get("outputs"):
+        t = Table("output", "type", "shape", "dtype", "scale", "zero_point", "stride")
+        for o in report["outputs"]:
+            t.add_row(o["name"], o["type"], str(o["shape"]), str(o.get("dtype", "")), str(o.get("scale", "")), str(o.get("zero_point", "")), str(o.get("stride", "")))
+        Console().print(t)
+    if report.get("provenance"):
+        console.print(f"  provenance: {json.dumps(report['provenance'])}")
+
+
+@app.command()
+def predict(
+    model: Path = typer.Argument(..., help="Artifact (.tflite) or ONNX model."),
+    image: Path = typer.Argument(..., help="Image file."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the image with detections drawn."),
+    conf: float = typer.Option(0.25, "--conf", help="Confidence threshold."),
+    iou: float = typer.Option(0.7, "--iou", help="NMS IoU threshold."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Inference threads."),
+) -> None:
+    """Run a model on one image and print (and optionally draw) the detections."""
+    from edgeq.api import predict_image
+
+    dets, drawn = _run(predict_image, model, image, conf=conf, iou=iou, threads=threads, draw=output is not None)
+    t = Table("#", "class", "score", "x1", "y1", "x2", "y2")
+    for i, (name, s, b) in enumerate(zip(dets.names, dets.scores, dets.boxes)):
+        t.add_row(str(i), name, f"{s:.3f}", *(f"{v:.1f}" for v in b))
+    Console().print(t)
+    if dets.timings_ms:
+        console.print("  " + ", ".join(f"{k} {v:.1f} ms" for k, v in dets.timings_ms.items()))
+    if output is not None:
+        from edgeq.api import write_image
+
+        _run(write_image, output, drawn)
+        console.print(f"[green]wrote[/] {output}")
+
+
+@app.command()
+def validate(
+    model: Path = typer.Argument(..., help="Artifact (.tflite) or ONNX model."),
+    data: Path = typer.Option(..., "--data", help="COCO instances.json with the ground truth."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder [default: images/ beside --data]."),
+    compare: Optional[Path] = typer.Option(None, "--compare", help="A second model evaluated on the same images, shown side by side."),
+    save_json: Optional[Path] = typer.Option(None, "--save-json", help="Write detections in COCO results format."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write a JSON + Markdown report with this path prefix."),
+    conf: float = typer.Option(0.001, "--conf"),
+    iou: float = typer.Option(0.7, "--iou"),
+    max_det: int = typer.Option(300, "--max-det"),
+    max_images: Optional[int] = typer.Option(None, "--max-images", help="Evaluate only the first N images."),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """COCO mAP50-95 / mAP50 / recall (and mask metrics for segmentation), optionally vs another model."""
+    from edgeq.api import validate_models
+
+    images = images or data.parent / "images"
+    _run(
+        validate_models, model, data, images, compare=compare, save_json=save_json, report=report,
+        conf=conf, iou=iou, max_det=max_det, max_images=max_images, threads=threads, progress=not quiet,
+    )
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

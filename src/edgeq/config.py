@@ -1,0 +1,37 @@
+"""Conversion settings as data (one frozen dataclass), shared by the CLI and the Python API."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+SplitMode = Literal["smart", "combined"]
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """How to convert a model.
+
+    Attributes:
+        split: ``smart`` cuts the graph at the head's per-scale endpoints (each its own INT8
+            scale, decode in float on the CPU); ``combined`` quantizes the whole graph with its
+            single concatenated output (the upstream baseline).
+        calib_count: use the first N calibration images (None: all).
+        calib_method: range setting for intermediate tensors: auto | minmax | percentile | mse.
+        output_method: range setting for the artifact's outputs; min/max keeps the rare
+            high-confidence logits that ranking depends on.
+        split_hints: optional EdgeFirst split_hints (YAML/JSON file) to check and name the cut.
+        threads: CPU threads for calibration inference (None: onnxruntime's default).
+    """
+
+    split: SplitMode = "smart"
+    calib_count: int | None = None
+    calib_method: str = "auto"
+    output_method: str = "minmax"
+    split_hints: Path | None = None
+    threads: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["split_hints"] = self.split_hints.name if self.split_hints else None
+        return d

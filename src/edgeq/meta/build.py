@@ -1,0 +1,128 @@
+"""Build the artifact's edgefirst.json (schema v2) from the head, the written tensors and provenance."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from edgeq import __version__
+from edgeq.graph.heads import HeadSpec
+from edgeq.graph.load import ModelInfo
+from edgeq.meta.schema import ModelMeta, Output, Quant
+
+_DSHAPE_FEATURE = {"boxes": "num_features", "scores": "num_features", "mask_coefs": "num_features", "protos": "num_protos"}
+
+
+class TensorLike(Protocol):
+    """What the metadata needs to know about an artifact tensor (export.tflite.TensorInfo fits)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float
+    zero_point: int
+
+
+def _physical(t: TensorLike, kind: str, stride: int | None, scale_index: int | None, layout: str) -> Output:
+    n, a, b, c = t.shape
+    if layout == "nhwc":
+        dshape = [("batch", n), ("height", a), ("width", b), (_DSHAPE_FEATURE[kind], c)]
+    else:
+        dshape = [("batch", n), (_DSHAPE_FEATURE[kind], a), ("height", b), ("width", c)]
+    return Output(
+        name=t.name,
+        type=kind,
+        shape=list(t.shape),
+        dshape=dshape,
+        dtype=t.dtype,
+        quantization=Quant(scale=float(t.scale), zero_point=int(t.zero_point), dtype=t.dtype) if t.dtype != "float32" else None,
+        stride=stride,
+        scale_index=scale_index,
+    )
+
+
+def smart_outputs(head: HeadSpec, tensors: Sequence[TensorLike], layout: str = "nhwc") -> list[Output]:
+    """Logical outputs (boxes, scores, mask_coefs) with per-scale children, plus protos."""
+    by_name = {t.name: t for t in tensors}
+    total = sum(e.shape[2] * e.shape[3] for e in head.of_kind("boxes"))
+    widths = {"boxes": 4, "scores": head.nc, "mask_coefs": head.nm}
+    feature = {"boxes": "box_coords", "scores": "num_classes", "mask_coefs": "num_protos"}
+    outputs = []
+    for kind in ("boxes", "scores", "mask_coefs"):
+        eps = head.of_kind(kind)
+        if not eps:
+            continue
+        logical = Output(
+            name=kind,
+            type=kind,
+            shape=[1, widths[kind], total],
+            dshape=[("batch", 1), (feature[kind], widths[kind]), ("num_boxes", total)],
+            decoder="ultralytics",
+            children=[_physical(by_name[e.name], kind, e.stride, e.scale_index, layout) for e in eps],
+        )
+        if kind == "boxes":
+            logical.encoding, logical.normalized = "dfl", False
+        if kind == "scores":
+            logical.score_format, logical.activation_required = "per_class", "sigmoid"
+        outputs.append(logical)
+    for e in head.of_kind("protos"):
+        outputs.append(_physical(by_name[e.name], "protos", e.stride, None, layout))
+    return outputs
+
+
+def combined_outputs(info: ModelInfo, tensors: Sequence[TensorLike], normalized: bool) -> list[Output]:
+    """The monolithic layout: one ``detection`` tensor [1, 4+nc(+nm), N] (+ protos)."""
+    det = tensors[0]
+    outputs = [
+        Output(
+            name=det.name,
+            type="detection",
+            shape=list(det.shape),
+            dshape=[("batch", 1), ("num_features", det.shape[1]), ("num_boxes", det.shape[2])],
+            decoder="ultralytics",
+            score_format="per_class",
+            normalized=normalized,
+            dtype=det.dtype,
+            quantization=Quant(scale=float(det.scale), zero_point=int(det.zero_point), dtype=det.dtype),
+        )
+    ]
+    for t in tensors[1:]:
+        outputs.append(_physical(t, "protos", info.imgsz[0] // t.shape[1], None, "nhwc"))
+    return outputs
+
+
+def build_meta(
+    info: ModelInfo,
+    outputs: list[Output],
+    input_tensor: TensorLike,
+    provenance: dict[str, Any],
+    *,
+    name: str,
+) -> ModelMeta:
+    """The complete metadata of a converted artifact (deterministic: no timestamps)."""
+    raw: dict[str, Any] = {
+        "schema_version": 2,
+        "name": name,
+        "description": f"{name} converted by edgeq {__version__}",
+        "author": info.props.get("author", ""),
+        "dataset": {"name": "", "classes": list(info.names)},
+        "input": {
+            "shape": list(input_tensor.shape),
+            "cameraadaptor": "rgb",
+            "input_channels": 3,
+            "output_channels": 3,
+        },
+        "model": {"name": name, "version": info.props.get("version", "")},
+        "validation": {"iou": 0.7, "score": 0.001, "nms": "numpy", "preprocessing": "letterbox", "normalization": "unsigned"},
+        "edgeq": {"version": __version__, **provenance},
+    }
+    return ModelMeta(
+        decoder_version="yolov8",
+        task=info.task,
+        labels=list(info.names),
+        input_shape=list(input_tensor.shape),
+        input_layout="nhwc",
+        outputs=outputs,
+        nms="class_agnostic",
+        input_dtype=input_tensor.dtype,
+        raw=raw,
+    )

@@ -1,0 +1,192 @@
+"""The conversion pipeline: graph -> calib -> quant -> export -> meta, one function per stage."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+from tqdm import tqdm
+
+from edgeq.calib.collect import collect_histograms
+from edgeq.calib.dataset import CalibrationSet, calibration_set
+from edgeq.calib.histogram import StreamingHistogram
+from edgeq.calib.ranges import choose_range
+from edgeq.config import ConvertConfig
+from edgeq.errors import EdgeqError
+from edgeq.graph.cut import cut_at_head
+from edgeq.graph.heads import HeadSpec, apply_split_hints, discover_head
+from edgeq.graph.load import LoadedModel, load_model
+from edgeq.graph.passes.normalize_boxes import normalize_boxes
+from edgeq.meta.build import build_meta, combined_outputs, smart_outputs
+from edgeq.meta.embed import append_zip, metadata_files
+from edgeq.meta.schema import ModelMeta
+from edgeq.quant.build import plan_from_ranges
+from edgeq.quant.plan import QuantPlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """The float graph to quantize and how it relates to the source model."""
+
+    loaded: LoadedModel
+    graph: onnx.ModelProto
+    head: HeadSpec | None
+    normalized_boxes: bool
+
+
+@dataclass
+class ConversionResult:
+    """What ``convert`` produced."""
+
+    path: Path
+    meta: ModelMeta
+    plan: QuantPlan
+    head: HeadSpec | None
+    graph: onnx.ModelProto
+
+
+def _load_hints(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        import yaml  # optional: only for YAML hint files
+
+        data = yaml.safe_load(text)
+    return data.get("split_hints", data) if isinstance(data, dict) else data
+
+
+def prepare(model_path: str | Path, config: ConvertConfig) -> Prepared:
+    """Load, normalize and (for ``smart``) cut the graph at the discovered head."""
+    loaded = load_model(model_path)
+    if config.split == "combined":
+        normalized = normalize_boxes(loaded.model, loaded.info.imgsz)
+        return Prepared(loaded, loaded.model, None, normalized)
+    head = discover_head(loaded.model, loaded.info)
+    hints = _load_hints(config.split_hints) if config.split_hints else _embedded_hints(loaded)
+    if hints:
+        head = apply_split_hints(head, hints)
+    return Prepared(loaded, cut_at_head(loaded.model, head), head, False)
+
+
+def _embedded_hints(loaded: LoadedModel) -> list[dict[str, Any]]:
+    text = loaded.info.props.get("split_hints") or loaded.info.props.get("edgefirst")
+    if not text:
+        return []
+    data = json.loads(text)
+    return data.get("split_hints", []) if isinstance(data, dict) else data
+
+
+def calibrate(graph: onnx.ModelProto, calib: CalibrationSet, imgsz: tuple[int, int], config: ConvertConfig, progress: bool) -> dict[str, StreamingHistogram]:
+    """Stream the calibration images through the float graph; returns per-tensor histograms."""
+    images = tqdm(calib.images(imgsz), total=len(calib), desc="calibrating", unit="img", disable=not progress)
+    return collect_histograms(graph, images, threads=config.threads)
+
+
+def make_plan(graph: onnx.ModelProto, hists: dict[str, StreamingHistogram], config: ConvertConfig) -> QuantPlan:
+    """Choose a range per tensor, then the constrained INT8 parameters."""
+    outputs = {o.name for o in graph.graph.output}
+    ranges, methods = {}, {}
+    for name, h in hists.items():
+        method = config.output_method if name in outputs else config.calib_method
+        ranges[name], methods[name] = choose_range(h, method)
+    plan = plan_from_ranges(graph, ranges, methods=methods)
+    plan.notes["range_methods"] = dict(sorted(Counter(methods.values()).items()))
+    return plan
+
+
+def _calib_fingerprint(calib: CalibrationSet) -> str:
+    h = hashlib.sha256()
+    for p in calib.paths:
+        h.update(p.name.encode() + b"\0" + str(p.stat().st_size).encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def _provenance(prep: Prepared, calib: CalibrationSet, plan: QuantPlan, config: ConvertConfig) -> dict[str, Any]:
+    info = prep.loaded.info
+    return {
+        "source": {"file": prep.loaded.path.name, "sha256": info.source_sha256},
+        "target": "tflite",
+        "split": config.split,
+        "input_dtype": "uint8",
+        "output_dtype": "int8",
+        "boxes_normalized": prep.normalized_boxes if prep.head is None else False,
+        "head": None if prep.head is None else {"family": prep.head.family, "reg_max": prep.head.reg_max, "strides": list(prep.head.strides), "nc": prep.head.nc, "nm": prep.head.nm},
+        "calibration": {
+            "source": Path(calib.source).name,
+            "count": len(calib),
+            "fingerprint": _calib_fingerprint(calib),
+            "method": config.calib_method,
+            "output_method": config.output_method,
+            "methods_used": plan.notes.get("range_methods", {}),
+        },
+        "config": config.to_json(),
+    }
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder, so a failure never leaves a partial artifact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def default_output(model_path: Path, config: ConvertConfig) -> Path:
+    return model_path.with_name(f"{model_path.stem}-{config.split}-int8.tflite")
+
+
+def convert(
+    model_path: str | Path,
+    calib: str | Path,
+    output: str | Path | None = None,
+    config: ConvertConfig = ConvertConfig(),
+    *,
+    progress: bool = True,
+) -> ConversionResult:
+    """Convert an ONNX model to a fully-integer, self-describing TFLite artifact.
+
+    Args:
+        model_path: float ONNX export (Ultralytics YOLOv8/YOLO11 detect or segment for ``smart``;
+            any supported graph for ``combined``).
+        calib: image folder, dataset folder with ``images/``, or COCO instances.json.
+        output: artifact path (default: ``<model>-<split>-int8.tflite`` beside the model).
+        config: conversion settings.
+        progress: show progress bars.
+    """
+    from edgeq.export.tflite import write_tflite
+
+    model_path = Path(model_path)
+    out_path = Path(output) if output else default_output(model_path, config)
+    prep = prepare(model_path, config)
+    calib_set = calibration_set(calib, count=config.calib_count)
+    info = prep.loaded.info
+    hists = calibrate(prep.graph, calib_set, info.imgsz, config, progress)
+    plan = make_plan(prep.graph, hists, config)
+    written = write_tflite(prep.graph, plan, description=f"edgeq {config.split} int8")
+    if prep.head is not None:
+        outputs = smart_outputs(prep.head, written.outputs)
+    else:
+        outputs = combined_outputs(info, written.outputs, prep.normalized_boxes)
+    meta = build_meta(info, outputs, written.inputs[0], _provenance(prep, calib_set, plan, config), name=model_path.stem)
+    files = metadata_files(meta.to_json(), meta.labels)
+    _write_atomic(out_path, append_zip(written.buffer, files))
+    log.info("wrote %s", out_path)
+    return ConversionResult(out_path, meta, plan, prep.head, prep.graph)
+
+
+__all__ = ["convert", "prepare", "calibrate", "make_plan", "ConversionResult", "EdgeqError"]
