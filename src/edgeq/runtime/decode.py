@@ -1,0 +1,579 @@
+"""Decode raw YOLO head outputs into boxes, scores, classes and mask coefficients.
+
+Layouts each path expects (``outputs`` maps the metadata's *physical* output names to arrays):
+
+* **Per-scale** (EdgeFirst "smart" split; logical ``boxes`` with children that carry ``stride``):
+  one child per FPN level for ``boxes`` (``encoding: dfl``: raw DFL logits, 4*reg_max features,
+  side-major ``[l0..l15, t0..t15, r.., b..]``; or ``ltrb``: 4 grid-unit distances), ``scores``
+  (``nc`` class logits with ``activation_required: sigmoid``, or probabilities) and, for -seg,
+  ``mask_coefs`` (32). Each child is NHWC ``[1,H,W,C]`` or NCHW ``[1,C,H,W]`` as its ``dshape``
+  says (inferred from the grid size when ``dshape`` is absent). Anchor centres are
+  ``(grid + 0.5) * stride``; boxes come out in input pixels whatever ``normalized`` says (HAL does
+  the same on this path). Anchor order is level by level, row-major inside a level.
+* **Flat** (one ``detection`` tensor ``[1, F, N]`` or ``[1, N, F]``; or separate flat ``boxes``,
+  ``scores``, ``objectness``, ``mask_coefs`` tensors): features are ``cx, cy, w, h`` (input pixels,
+  or ``[0, 1]`` when ``normalized``), then (``obj_x_class`` only) objectness, then ``nc`` class
+  scores (already activated unless ``activation_required``), then mask coefficients.
+* **Protos**: ``[1,Hp,Wp,nm]`` (NHWC) or ``[1,nm,Hp,Wp]`` (NCHW) per ``dshape``; see ``masks.py``.
+
+Quantized tensors are thresholded in the integer domain: the candidate test ``max_c q >= q_thr``
+runs on the raw int8/uint8 array, where ``q_thr`` is the smallest code that can dequantize (and
+activate) above ``conf``. It is conservative by at most one code, and survivors are re-checked
+exactly in float, so the result equals "dequantize everything, then threshold" while only the
+candidates are ever dequantized. Anchor-based per-scale heads (``encoding: anchor``) are not
+decoded yet; ``_BOX_DECODERS`` is where such an encoding plugs in.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeq.errors import ArtifactError
+from edgeq.meta.schema import ModelMeta, Output, Quant
+from edgeq.runtime.nms import nms
+
+Arrays = Mapping[str, np.ndarray]
+
+_FEATURE_DIMS = {"num_features", "num_classes", "num_protos", "box_coords", "num_anchors_x_features"}
+_QRANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535)}
+# Float pre-filter margin in the logit domain; the exact test follows on the survivors.
+_LOGIT_MARGIN = 1e-3
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+def feature_axis(out: Output, channels: int | None = None, grid: tuple[int, int] | None = None) -> int:
+    """Axis of ``out``'s physical tensor that holds the features (classes, coordinates, protos).
+
+    Uses ``dshape`` when present; otherwise the axis of size ``channels``, or (4-D) the axis that is
+    not part of the ``grid`` (H, W) pair, or (3-D) the smaller non-batch axis.
+    """
+    if out.dshape:
+        names = [n for n, _ in out.dshape]
+        hits = [i for i, n in enumerate(names) if n in _FEATURE_DIMS]
+        if len(hits) == 1:
+            return hits[0]
+    shape = list(out.shape)
+    if len(shape) == 4:
+        if grid is not None and tuple(shape[1:3]) == tuple(grid):
+            return 3
+        if grid is not None and tuple(shape[2:4]) == tuple(grid):
+            return 1
+        if channels is not None and shape[3] == channels:
+            return 3
+        if channels is not None and shape[1] == channels:
+            return 1
+        return 3 if shape[1] == shape[2] else 1
+    if len(shape) == 3:
+        if channels is not None and shape[1] != shape[2] and channels in shape[1:]:
+            return shape.index(channels, 1)
+        return 1 if shape[1] <= shape[2] else 2
+    if len(shape) == 2:
+        return 1
+    raise ArtifactError(f"output {out.name!r} has shape {shape}, which no decoder understands")
+
+
+def grid_of(out: Output, fax: int) -> tuple[int, int]:
+    """(H, W) of a 4-D per-scale tensor whose features are on axis ``fax``."""
+    dims = [d for i, d in enumerate(out.shape[1:], start=1) if i != fax]
+    return int(dims[0]), int(dims[1])
+
+
+def to_rows(arr: np.ndarray, fax: int) -> np.ndarray:
+    """View a physical tensor as (anchors, features) without copying (batch 1)."""
+    moved = np.moveaxis(arr, fax, -1)
+    return moved.reshape(-1, moved.shape[-1])
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Affine parameters broadcast over feature columns: ``real = scale * (q - zero_point)``."""
+
+    scale: np.ndarray  # () or (C,)
+    zero_point: np.ndarray  # () or (C,)
+    dtype: str
+
+    @classmethod
+    def from_quant(cls, q: Quant, fax: int, name: str) -> "QParams":
+        scale = np.asarray(q.scale, np.float32).reshape(-1)
+        zp = np.broadcast_to(np.asarray(q.zero_point, np.float32).reshape(-1), scale.shape)
+        if scale.size > 1 and q.axis is not None and q.axis != fax:
+            raise ArtifactError(
+                f"output {name!r} is quantized per channel on axis {q.axis}, not its feature axis {fax}",
+                "re-export with per-tensor output quantization",
+            )
+        if scale.size == 1:
+            return cls(scale[0], zp[0], q.dtype)
+        return cls(scale, np.ascontiguousarray(zp), q.dtype)
+
+    def columns(self, cols: slice) -> "QParams":
+        if self.scale.ndim == 0:
+            return self
+        return QParams(self.scale[cols], self.zero_point[cols], self.dtype)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        return (q.astype(np.float32) - self.zero_point) * self.scale
+
+    def threshold_code(self, real: float) -> np.ndarray:
+        """Smallest code whose value can reach ``real`` (conservative by up to one code)."""
+        lo, hi = _QRANGE.get(self.dtype, (-(2**31), 2**31 - 1))
+        if real == -math.inf:
+            return np.asarray(lo)
+        code = np.floor(real / self.scale + self.zero_point)
+        return np.clip(code, lo, hi + 1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Field:
+    """A column range of one physical tensor, e.g. the class scores of a flat detection output."""
+
+    name: str
+    fax: int
+    cols: slice
+    quant: QParams | None
+
+    def rows(self, outputs: Arrays) -> np.ndarray:
+        try:
+            arr = outputs[self.name]
+        except KeyError:
+            raise ArtifactError(f"raw output {self.name!r} is missing from the model outputs") from None
+        return to_rows(arr, self.fax)[:, self.cols]
+
+    def values(self, rows: np.ndarray) -> np.ndarray:
+        """Real values of (a subset of) this field's rows."""
+        if self.quant is None:
+            return rows.astype(np.float32, copy=False)
+        return self.quant.dequantize(rows)
+
+
+def _make_field(out: Output, quant: Quant | None, fax: int, cols: slice = slice(None)) -> Field:
+    qp = QParams.from_quant(quant, fax, out.name).columns(cols) if quant is not None else None
+    return Field(out.name, fax, cols, qp)
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def _activate(x: np.ndarray, activation: str | None) -> np.ndarray:
+    if activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-x))
+    return x
+
+
+def _raw_threshold(conf: float, activation: str | None) -> float:
+    """``conf`` mapped back through the activation into the raw output domain."""
+    if activation != "sigmoid":
+        return conf
+    if conf <= 0.0:
+        return -math.inf
+    if conf >= 1.0:
+        return math.inf
+    return math.log(conf / (1.0 - conf))
+
+
+def candidate_anchors(field: Field, rows: np.ndarray, conf: float, activation: str | None) -> np.ndarray:
+    """Anchors whose best class may score above ``conf`` (a superset; exact test follows).
+
+    Quantized rows are compared as integers, so no dequantization happens here.
+    """
+    raw = _raw_threshold(conf, activation)
+    if field.quant is not None:
+        code = field.quant.threshold_code(raw)
+        if code.ndim == 0:
+            return np.flatnonzero(rows.max(axis=1) >= code)
+        return np.flatnonzero((rows >= code).any(axis=1))
+    margin = _LOGIT_MARGIN if activation == "sigmoid" else 0.0
+    return np.flatnonzero(rows.max(axis=1) >= raw - margin)
+
+
+def select_scores(
+    scores: np.ndarray, conf: float, multi_label: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From (M, nc) activated scores: (row index, class, score) of every pick ``> conf``."""
+    if multi_label:
+        r, c = np.nonzero(scores > conf)
+        return r, c.astype(np.int64), scores[r, c]
+    c = scores.argmax(axis=1)
+    s = scores[np.arange(scores.shape[0]), c]
+    keep = np.flatnonzero(s > conf)
+    return keep, c[keep].astype(np.int64), s[keep]
+
+
+# ----------------------------------------------------------------------------- boxes
+
+
+def dfl_distances(logits: np.ndarray) -> np.ndarray:
+    """(M, 4*reg_max) DFL logits -> (M, 4) expected distances (softmax-weighted bin index)."""
+    m = logits.shape[0]
+    x = logits.reshape(m, 4, -1)
+    x = np.exp(x - x.max(axis=2, keepdims=True))
+    bins = np.arange(x.shape[2], dtype=np.float32)
+    return (x @ bins) / x.sum(axis=2)
+
+
+def dist2bbox(ltrb: np.ndarray, idx: np.ndarray, width: int, stride: tuple[float, float]) -> np.ndarray:
+    """Grid-unit ltrb distances of anchors ``idx`` (row-major in a ``width``-wide grid) -> xyxy px."""
+    cx = (idx % width).astype(np.float32) + 0.5
+    cy = (idx // width).astype(np.float32) + 0.5
+    sx, sy = stride
+    return np.stack(
+        [(cx - ltrb[:, 0]) * sx, (cy - ltrb[:, 1]) * sy, (cx + ltrb[:, 2]) * sx, (cy + ltrb[:, 3]) * sy], axis=1
+    ).astype(np.float32)
+
+
+def xywh2xyxy(b: np.ndarray) -> np.ndarray:
+    """(M, 4) centre-size boxes -> corner boxes."""
+    half = b[:, 2:4] * 0.5
+    return np.concatenate([b[:, :2] - half, b[:, :2] + half], axis=1).astype(np.float32)
+
+
+_BOX_DECODERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "dfl": dfl_distances,
+    "ltrb": lambda x: x,  # YOLO26: distances already in grid units
+}
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class Candidates:
+    """Pre-NMS picks in input pixels; ``rows`` are global anchor indices (for mask coefficients)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+    rows: np.ndarray
+
+    @classmethod
+    def concat(cls, parts: list["Candidates"]) -> "Candidates":
+        if not parts:
+            z = np.zeros((0,), np.int64)
+            return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), z, z)
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("boxes", "scores", "class_ids", "rows")))
+
+    def take(self, keep: np.ndarray) -> "Candidates":
+        return Candidates(self.boxes[keep], self.scores[keep], self.class_ids[keep], self.rows[keep])
+
+
+@dataclass
+class DecodeResult:
+    """Post-NMS detections in model-input pixels, best first."""
+
+    boxes: np.ndarray  # (K, 4) float32 xyxy
+    scores: np.ndarray  # (K,) float32
+    class_ids: np.ndarray  # (K,) int64
+    coefs: np.ndarray | None  # (K, nm) float32 mask coefficients
+    num_candidates: int = 0
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+def _activation_of(logical: Output, child: Output | None = None) -> str | None:
+    """The activation the decoder must apply (``activation_required``), child over parent."""
+    for o in (child, logical):
+        if o is not None and o.activation_required:
+            return None if o.activation_required in ("none", "identity") else o.activation_required
+    return None
+
+
+@dataclass(frozen=True)
+class Level:
+    """One FPN level of a per-scale head."""
+
+    stride: tuple[float, float]
+    height: int
+    width: int
+    offset: int
+    boxes: Field
+    scores: Field
+    coefs: Field | None
+
+
+class PerScaleHead:
+    """Per-scale DFL/ltrb head: threshold each level's class scores, decode boxes of candidates only."""
+
+    def __init__(self, meta: ModelMeta, quant: Mapping[str, Quant | None]) -> None:
+        boxes, scores = meta.output("boxes"), meta.output("scores")
+        if boxes is None or scores is None:
+            raise ArtifactError("per-scale metadata needs logical 'boxes' and 'scores' outputs")
+        self.encoding = (boxes.encoding or "dfl").lower()
+        if self.encoding not in _BOX_DECODERS:
+            raise ArtifactError(
+                f"per-scale box encoding {self.encoding!r} is not supported (dfl, ltrb are)",
+                "export the model with a DFL head, or use a combined 'detection' output",
+            )
+        coefs = meta.output("mask_coefs")
+        in_h, in_w = meta.imgsz
+        self.nc = len(meta.labels) or None
+        self.levels: list[Level] = []
+        self.activations: list[str | None] = []
+        offset = 0
+        for b_out, s_out, c_out in _pair_levels(boxes, scores, coefs):
+            stride = _stride_of(b_out)
+            grid = (round(in_h / stride[1]), round(in_w / stride[0]))
+            bfax = feature_axis(b_out, None, grid)
+            h, w = grid_of(b_out, bfax)
+            level = Level(
+                stride=stride,
+                height=h,
+                width=w,
+                offset=offset,
+                boxes=_make_field(b_out, _q(quant, b_out), bfax),
+                scores=_make_field(s_out, _q(quant, s_out), feature_axis(s_out, self.nc, grid)),
+                coefs=None if c_out is None else _make_field(c_out, _q(quant, c_out), feature_axis(c_out, None, grid)),
+            )
+            self.levels.append(level)
+            self.activations.append(_activation_of(scores, s_out))
+            offset += h * w
+        self.num_anchors = offset
+        self.has_coefs = all(lv.coefs is not None for lv in self.levels) and coefs is not None
+
+    def candidates(self, outputs: Arrays, conf: float, multi_label: bool) -> Candidates:
+        parts = []
+        for level, act in zip(self.levels, self.activations):
+            srows = level.scores.rows(outputs)
+            idx = candidate_anchors(level.scores, srows, conf, act)
+            if idx.size == 0:
+                continue
+            sc = _activate(level.scores.values(srows[idx]), act)
+            r, cls, s = select_scores(sc, conf, multi_label)
+            if r.size == 0:
+                continue
+            anchors = idx[r]
+            uniq, inv = np.unique(anchors, return_inverse=True) if multi_label else (anchors, None)
+            dist = _BOX_DECODERS[self.encoding](level.boxes.values(level.boxes.rows(outputs)[uniq]))
+            xyxy = dist2bbox(dist, uniq, level.width, level.stride)
+            if inv is not None:
+                xyxy = xyxy[inv]
+            parts.append(Candidates(xyxy, s.astype(np.float32), cls, anchors + level.offset))
+        return Candidates.concat(parts)
+
+    def coefs(self, outputs: Arrays, rows: np.ndarray) -> np.ndarray | None:
+        if not self.has_coefs:
+            return None
+        out = None
+        for level in self.levels:
+            assert level.coefs is not None
+            sel = np.flatnonzero((rows >= level.offset) & (rows < level.offset + level.height * level.width))
+            if sel.size == 0:
+                continue
+            crow = level.coefs.rows(outputs)
+            vals = level.coefs.values(crow[rows[sel] - level.offset])
+            if out is None:
+                out = np.zeros((rows.shape[0], vals.shape[1]), np.float32)
+            out[sel] = vals
+        return out if out is not None else np.zeros((0, 0), np.float32)
+
+
+def _q(quant: Mapping[str, Quant | None], out: Output) -> Quant | None:
+    return quant.get(out.name, out.quantization)
+
+
+def _stride_of(out: Output) -> tuple[float, float]:
+    """(sx, sy) of a per-scale child."""
+    if out.stride is None:
+        raise ArtifactError(f"per-scale output {out.name!r} has no stride in the metadata")
+    if isinstance(out.stride, (list, tuple)):
+        return float(out.stride[0]), float(out.stride[1])
+    return float(out.stride), float(out.stride)
+
+
+def _pair_levels(boxes: Output, scores: Output, coefs: Output | None) -> list[tuple[Output, Output, Output | None]]:
+    """Group per-scale children by stride (ascending): (boxes_i, scores_i, mask_coefs_i)."""
+
+    def key(o: Output) -> float:
+        s = o.stride if not isinstance(o.stride, (list, tuple)) else o.stride[0]
+        if s is None:
+            raise ArtifactError(f"per-scale output {o.name!r} has no stride in the metadata")
+        return float(s)
+
+    by = {k: {key(c): c for c in o.children} for k, o in (("b", boxes), ("s", scores))}
+    by["c"] = {key(c): c for c in coefs.children} if coefs is not None else {}
+    if set(by["b"]) != set(by["s"]) or (coefs is not None and set(by["c"]) != set(by["b"])):
+        raise ArtifactError(
+            "per-scale boxes/scores/mask_coefs children do not have the same strides",
+            "fix the outputs[] section of edgefirst.json",
+        )
+    return [(by["b"][s], by["s"][s], by["c"].get(s)) for s in sorted(by["b"])]
+
+
+class FlatHead:
+    """Flat head: every anchor's boxes, (objectness,) class scores and coefficients in N rows."""
+
+    def __init__(self, meta: ModelMeta, quant: Mapping[str, Quant | None]) -> None:
+        in_h, in_w = meta.imgsz
+        self.size = np.array([in_w, in_h, in_w, in_h], np.float32)
+        protos = meta.output("protos")
+        nm = _num_protos(protos) if protos is not None else 0
+        det = meta.output("detection")
+        self.score_format = "per_class"
+        self.obj: Field | None = None
+        self.obj_activation: str | None = None
+        if det is not None:
+            self._init_combined(meta, det, nm, quant)
+        else:
+            self._init_split(meta, quant)
+        self.normalized = self._normalized_flag()
+
+    def _init_combined(self, meta: ModelMeta, det: Output, nm: int, quant: Mapping[str, Quant | None]) -> None:
+        if det.children:
+            raise ArtifactError(f"'detection' output {det.name!r} with children is not supported")
+        self.score_format = det.score_format or ("obj_x_class" if meta.decoder_version == "yolov5" else "per_class")
+        n_obj = 1 if self.score_format == "obj_x_class" else 0
+        nc = len(meta.labels)
+        fax = feature_axis(det, 4 + n_obj + nc + nm if nc else None)
+        nf = int(det.shape[fax])
+        nc = nc or nf - 4 - n_obj - nm
+        if 4 + n_obj + nc + nm != nf:
+            raise ArtifactError(
+                f"output {det.name!r} has {nf} features; expected 4 box + {n_obj} objectness + {nc} classes"
+                f" + {nm} mask coefficients = {4 + n_obj + nc + nm}",
+                "check the labels and the protos output in the metadata",
+            )
+        q = _q(quant, det)
+        self.det_out = det
+        self.boxes = _make_field(det, q, fax, slice(0, 4))
+        if n_obj:
+            self.obj = _make_field(det, q, fax, slice(4, 5))
+            self.obj_activation = _activation_of(det)
+        self.scores = _make_field(det, q, fax, slice(4 + n_obj, 4 + n_obj + nc))
+        self.activation = _activation_of(det)
+        self.coef_field = _make_field(det, q, fax, slice(4 + n_obj + nc, nf)) if nm else None
+
+    def _init_split(self, meta: ModelMeta, quant: Mapping[str, Quant | None]) -> None:
+        boxes, scores = meta.output("boxes"), meta.output("scores")
+        if boxes is None or scores is None:
+            raise ArtifactError(
+                "the metadata has neither a 'detection' output nor 'boxes' + 'scores' outputs",
+                "describe the model outputs in edgefirst.json (outputs[])",
+            )
+        b, s = boxes.physical[0], scores.physical[0]
+        self.det_out = boxes
+        self.boxes = _make_field(b, _q(quant, b), feature_axis(b, 4))
+        nc = len(meta.labels) or None
+        self.scores = _make_field(s, _q(quant, s), feature_axis(s, nc))
+        self.activation = _activation_of(scores, s)
+        obj = meta.output("objectness")
+        if obj is not None:
+            o = obj.physical[0]
+            self.score_format = "obj_x_class"
+            self.obj = _make_field(o, _q(quant, o), feature_axis(o, 1))
+            self.obj_activation = _activation_of(obj, o)
+        coefs = meta.output("mask_coefs")
+        self.coef_field = None
+        if coefs is not None:
+            c = coefs.physical[0]
+            self.coef_field = _make_field(c, _q(quant, c), feature_axis(c, _num_protos(meta.output("protos"))))
+
+    def _normalized_flag(self) -> bool | None:
+        flag = self.det_out.normalized
+        if flag is None and self.boxes.quant is not None:
+            # Infer from the representable range: codes cannot exceed ~1 => normalized boxes.
+            q = self.boxes.quant
+            lo, hi = _QRANGE.get(q.dtype, (-128, 127))
+            flag = bool(np.max(q.scale * (hi - q.zero_point)) <= 2.0)
+        return flag
+
+    def _anchor_scores(self, outputs: Arrays, conf: float) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate anchors and their (M, nc) final scores (obj x cls when obj_x_class)."""
+        srows = self.scores.rows(outputs)
+        if self.obj is None:
+            idx = candidate_anchors(self.scores, srows, conf, self.activation)
+            return idx, _activate(self.scores.values(srows[idx]), self.activation)
+        # obj_x_class: cls <= 1, so obj > conf is necessary (the YOLOv5 pre-filter).
+        orows = self.obj.rows(outputs)
+        idx = candidate_anchors(self.obj, orows, conf, self.obj_activation)
+        obj = _activate(self.obj.values(orows[idx]), self.obj_activation)
+        cls = _activate(self.scores.values(srows[idx]), self.activation)
+        return idx, obj * cls
+
+    def candidates(self, outputs: Arrays, conf: float, multi_label: bool) -> Candidates:
+        idx, sc = self._anchor_scores(outputs, conf)
+        r, cls, s = select_scores(sc, conf, multi_label)
+        anchors = idx[r]
+        b = self.boxes.values(self.boxes.rows(outputs)[anchors])
+        normalized = self.normalized
+        if normalized is None:  # float output without a declaration: the HAL's "infer" rule
+            normalized = bool(b.size) and float(np.abs(b).max()) <= 2.0
+        xyxy = xywh2xyxy(b)
+        if normalized:
+            xyxy *= self.size
+        return Candidates(xyxy, s.astype(np.float32), cls, anchors)
+
+    def coefs(self, outputs: Arrays, rows: np.ndarray) -> np.ndarray | None:
+        if self.coef_field is None:
+            return None
+        return self.coef_field.values(self.coef_field.rows(outputs)[rows])
+
+
+def _num_protos(protos: Output | None) -> int:
+    if protos is None:
+        return 0
+    return int(protos.shape[feature_axis(protos, 32)])
+
+
+# ----------------------------------------------------------------------------- decoder
+
+
+def is_per_scale(meta: ModelMeta) -> bool:
+    """True when the metadata describes a per-scale (smart) head."""
+    boxes = meta.output("boxes")
+    return boxes is not None and any(c.stride is not None for c in boxes.children)
+
+
+class Decoder:
+    """Decodes one artifact's raw outputs; built once per model from its metadata.
+
+    Args:
+        meta: the model metadata.
+        quant: per physical output name, the quantization to use (e.g. read from the runtime
+            tensor); names missing here fall back to the metadata's own ``quantization``.
+    """
+
+    def __init__(self, meta: ModelMeta, quant: Mapping[str, Quant | None] | None = None) -> None:
+        quant = dict(quant or {})
+        self.meta = meta
+        self.head: PerScaleHead | FlatHead = PerScaleHead(meta, quant) if is_per_scale(meta) else FlatHead(meta, quant)
+        protos = meta.output("protos")
+        self.protos_out = protos
+        self.protos_quant = _q(quant, protos) if protos is not None else None
+
+    @property
+    def segments(self) -> bool:
+        """Whether the head produces mask coefficients and protos."""
+        coef = self.head.has_coefs if isinstance(self.head, PerScaleHead) else self.head.coef_field is not None
+        return coef and self.protos_out is not None
+
+    def decode(
+        self,
+        outputs: Arrays,
+        conf: float = 0.25,
+        iou: float = 0.7,
+        max_det: int = 300,
+        multi_label: bool = False,
+        agnostic: bool = False,
+    ) -> DecodeResult:
+        """Threshold, decode candidates, NMS; boxes in model-input pixels, best first."""
+        cand = self.head.candidates(outputs, conf, multi_label)
+        keep = nms(cand.boxes, cand.scores, iou, max_det, None if agnostic else cand.class_ids)
+        kept = cand.take(keep)
+        coefs = self.head.coefs(outputs, kept.rows) if self.segments else None
+        return DecodeResult(kept.boxes, kept.scores, kept.class_ids, coefs, num_candidates=int(cand.scores.shape[0]))
+
+    def protos(self, outputs: Arrays) -> np.ndarray | None:
+        """The dequantized prototype masks as (Hp, Wp, nm) float32, or None."""
+        if self.protos_out is None:
+            return None
+        out = self.protos_out
+        fax = feature_axis(out, 32)
+        arr = np.moveaxis(outputs[out.name], fax, -1)[0]
+        if self.protos_quant is None:
+            return np.ascontiguousarray(arr, np.float32)
+        qp = QParams.from_quant(self.protos_quant, fax, out.name)
+        return qp.dequantize(np.ascontiguousarray(arr))
