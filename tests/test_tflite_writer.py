@@ -1,0 +1,355 @@
+"""write_tflite: op-by-op numerics against onnxruntime, layout, integer-only, errors, determinism.
+
+Every case builds a tiny float ONNX graph, calibrates it on random pixels with onnxruntime, plans
+it, writes the TFLite flatbuffer and runs it in LiteRT's reference kernels. Two checks:
+
+* per tensor ("local"): each op re-run in float on LiteRT's own dequantized inputs must match
+  LiteRT's output within one quantization step of that output (half a step for rounding the
+  result, half for requantized inputs and the kernels' fixed-point multipliers). int16 steps are
+  256x finer while the 16x8 kernels' lookup tables and input requantizations are accurate to
+  about one step before the final rounding, so int16 tensors get two steps;
+* end to end: the output must match the float model (with the plan's quantized weights and
+  constants) within the sum of the quantization steps of the tensors it depends on.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import tflite
+from onnx import helper
+
+from _writer_helpers import (
+    assert_fully_integer, conv_weights, convert, fake_quant_model, local_errors, make_model, run_onnx,
+    run_tflite, tensor_types, to_float,
+)
+from edgeq.errors import UnsupportedOpError
+from edgeq.export.tflite import write_tflite
+from edgeq.quant.build import plan_from_ranges
+
+LOCAL_STEPS = {"int8": 1.0, "int16": 2.0}
+RNG = np.random.default_rng(1)
+N = helper.make_node
+
+
+def conv(x, y, w, k=3, s=1, p=None, b=None, group=1):
+    p = k // 2 if p is None else p
+    inputs = [x, w] + ([b] if b else [])
+    return N("Conv", inputs, [y], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4, group=group)
+
+
+def silu(x, y):
+    return [N("Sigmoid", [x], [f"{y}_sig"]), N("Mul", [x, f"{y}_sig"], [y])]
+
+
+def weights(c_out, c_in, k, bias=True, name="w"):
+    d = {name: conv_weights(RNG, c_out, c_in, k)}
+    if bias:
+        d[f"{name}_b"] = (RNG.standard_normal(c_out) * 0.2).astype(np.float32)
+    return d
+
+
+def ancestors(model: onnx.ModelProto, name: str) -> set[str]:
+    producer = {o: n for n in model.graph.node for o in n.output}
+    seen, todo = set(), [name]
+    while todo:
+        t = todo.pop()
+        if t in seen or t not in producer:
+            continue
+        seen.add(t)
+        todo.extend(producer[t].input)
+    return seen
+
+
+def check(model: onnx.ModelProto, int16=(), n_ops: dict[str, int] | None = None):
+    """Convert, run and apply both numeric checks; returns (plan, result, lite run)."""
+    plan, result, pixels = convert(model, int16=int16)
+    assert_fully_integer(result)
+    lite = run_tflite(result, pixels[0])
+    errors = local_errors(model, plan, lite)
+    assert errors, "no tensor was compared"
+    bad = {k: round(v, 2) for k, v in errors.items() if v > LOCAL_STEPS[plan.activations[k].dtype]}
+    assert not bad, f"tensors off by more than {LOCAL_STEPS} step(s): {bad}"
+    ref = run_onnx(fake_quant_model(model, plan), {model.graph.input[0].name: to_float(pixels[0])})
+    for out in result.outputs:
+        upstream = ancestors(model, out.name) - {i.name for i in model.graph.input}
+        tol = sum(float(plan.activations[t].scale[0]) for t in upstream if t in plan.activations)
+        err = np.abs(lite.values[out.name] - ref[out.name]).max()
+        assert err <= tol, f"{out.name}: error {err:.4g} > {tol:.4g} (sum of upstream steps)"
+        assert out.scale == pytest.approx(float(plan.activations[out.name].scale[0]), rel=0, abs=0)
+        assert out.zero_point == int(plan.activations[out.name].zero_point[0])
+    if n_ops:
+        counts = op_counts(result.buffer)
+        for op, n in n_ops.items():
+            assert counts.get(op, 0) == n, f"{op}: {counts.get(op, 0)} != {n} ({counts})"
+    return plan, result, lite
+
+
+def op_counts(buffer: bytes) -> dict[str, int]:
+    names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+    m = tflite.Model.GetRootAsModel(buffer, 0)
+    sg = m.Subgraphs(0)
+    counts: dict[str, int] = {}
+    for i in range(sg.OperatorsLength()):
+        op = names[m.OperatorCodes(sg.Operators(i).OpcodeIndex()).BuiltinCode()]
+        counts[op] = counts.get(op, 0) + 1
+    return counts
+
+
+X = {"x": [1, 3, 16, 20]}  # H != W so NCHW/NHWC mix-ups cannot pass
+
+
+# -- single ops -------------------------------------------------------------------------------------
+def test_conv_same_padding_with_bias():
+    m = make_model([conv("x", "y", "w", b="w_b")], X, ["y"], weights(8, 3, 3))
+    _, res, _ = check(m, n_ops={"QUANTIZE": 1, "CONV_2D": 1, "PAD": 0})
+    assert res.inputs[0].shape == (1, 16, 20, 3) and res.inputs[0].dtype == "uint8"
+    assert res.inputs[0].scale == pytest.approx(1 / 255) and res.inputs[0].zero_point == 0
+    assert res.outputs[0].shape == (1, 16, 20, 8) and res.outputs[0].name == "y"
+
+
+def test_conv_stride2_asymmetric_padding_uses_explicit_pad():
+    m = make_model([conv("x", "y", "w", s=2, b="w_b")], X, ["y"], weights(8, 3, 3))
+    check(m, n_ops={"PAD": 1, "CONV_2D": 1})
+
+
+def test_conv_1x1_without_bias_and_valid_conv():
+    nodes = [conv("x", "a", "w", k=1, p=0), conv("a", "y", "w2", k=3, p=0)]
+    m = make_model(nodes, X, ["y"], {**weights(6, 3, 1, bias=False), **weights(5, 6, 3, bias=False, name="w2")})
+    check(m, n_ops={"PAD": 0, "CONV_2D": 2})
+
+
+def test_depthwise_conv():
+    nodes = [conv("x", "a", "w", k=1, p=0, b="w_b"),
+             conv("a", "y", "dw", k=3, s=2, b="dw_b", group=8)]
+    inits = {**weights(8, 3, 1), "dw": conv_weights(RNG, 8, 1, 3), "dw_b": np.zeros(8, np.float32)}
+    check(make_model(nodes, X, ["y"], inits), n_ops={"DEPTHWISE_CONV_2D": 1, "PAD": 1})
+
+
+def test_conv_transpose_k2_s2_with_bias():
+    nodes = [conv("x", "a", "w", b="w_b"),
+             N("ConvTranspose", ["a", "wt", "bt"], ["y"], kernel_shape=[2, 2], strides=[2, 2])]
+    inits = {**weights(6, 3, 3), "wt": (RNG.standard_normal((6, 4, 2, 2)) * 0.3).astype(np.float32),
+             "bt": (RNG.standard_normal(4) * 0.1).astype(np.float32)}
+    _, res, _ = check(make_model(nodes, X, ["y"], inits), n_ops={"TRANSPOSE_CONV": 1})
+    assert res.outputs[0].shape == (1, 32, 40, 4)
+
+
+def test_sigmoid_and_softmax_have_fixed_params():
+    nodes = [conv("x", "c", "w", b="w_b"), N("Sigmoid", ["c"], ["s"]), N("Softmax", ["c"], ["sm"], axis=1)]
+    plan, res, _ = check(make_model(nodes, X, ["s", "sm"], weights(8, 3, 3)), n_ops={"LOGISTIC": 1, "SOFTMAX": 1})
+    for o in res.outputs:
+        assert (o.scale, o.zero_point) == (1 / 256, -128)
+    # Softmax over ONNX axis 1 is the last axis in NHWC: no transpose needed.
+    assert op_counts(res.buffer).get("TRANSPOSE", 0) == 0
+
+
+def test_softmax_on_a_middle_axis_of_a_3d_tensor():
+    nodes = [conv("x", "c", "w", b="w_b"), N("Reshape", ["c", "shape"], ["r"]), N("Softmax", ["r"], ["y"], axis=1)]
+    inits = {**weights(8, 3, 3), "shape": np.array([1, 8, 320], np.int64)}
+    _, res, _ = check(make_model(nodes, X, ["y"], inits))
+    assert res.outputs[0].shape == (1, 8, 320)
+
+
+def test_elementwise_with_constants():
+    c = (RNG.standard_normal((1, 8, 1, 1)) + 2).astype(np.float32)
+    nodes = [conv("x", "a", "w", b="w_b"),
+             N("Add", ["a", "cadd"], ["b"]), N("Sub", ["csub", "b"], ["d"]), N("Mul", ["d", "cmul"], ["e"]),
+             N("Div", ["e", "two"], ["f"]), N("Pow", ["f", "two"], ["g"]), N("Sub", ["g", "a"], ["y"])]
+    inits = {**weights(8, 3, 3), "cadd": c, "csub": np.float32(0.5), "cmul": c[0, :, 0, 0].reshape(8, 1, 1) * 0.5,
+             "two": np.float32(2.0)}
+    check(make_model(nodes, X, ["y"], inits), n_ops={"ADD": 1, "SUB": 2, "MUL": 3})
+
+
+def test_slice_and_pad():
+    nodes = [conv("x", "a", "w", b="w_b"),
+             N("Slice", ["a", "st", "en", "ax", "sp"], ["s"]),
+             N("Pad", ["s", "pads"], ["y"])]
+    inits = {**weights(8, 3, 3), "st": np.array([2, 1, -15], np.int64), "en": np.array([7, 100, -1], np.int64),
+             "ax": np.array([1, 2, 3], np.int64), "sp": np.array([1, 2, 3], np.int64),
+             "pads": np.array([0, 0, 1, 2, 0, 1, 0, 1], np.int64)}
+    _, res, _ = check(make_model(nodes, X, ["y"], inits), n_ops={"STRIDED_SLICE": 1, "PAD": 1})
+    assert res.outputs[0].shape == (1, 9, 8, 6)
+
+
+def test_maxpool_valid_and_padded():
+    nodes = [conv("x", "a", "w", b="w_b"),
+             N("MaxPool", ["a"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             N("MaxPool", ["p"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])]
+    check(make_model(nodes, X, ["y"], weights(8, 3, 3)), n_ops={"MAX_POOL_2D": 2, "PADV2": 1})
+
+
+def test_reshape_and_transpose_keep_onnx_semantics():
+    nodes = [conv("x", "a", "w", b="w_b"), N("Reshape", ["a", "shape"], ["r"]),
+             N("Transpose", ["r"], ["t"], perm=[0, 2, 1]), *silu("t", "y")]
+    inits = {**weights(8, 3, 3), "shape": np.array([1, 8, -1], np.int64)}
+    _, res, _ = check(make_model(nodes, X, ["y"], inits))
+    assert res.outputs[0].shape == (1, 320, 8)
+
+
+# -- small YOLO-like combos ---------------------------------------------------------------------------
+def test_conv_silu():
+    nodes = [conv("x", "c", "w", s=2, b="w_b"), *silu("c", "y")]
+    check(make_model(nodes, X, ["y"], weights(8, 3, 3)), n_ops={"LOGISTIC": 1, "MUL": 1})
+
+
+def test_c2f_split_concat():
+    nodes = [conv("x", "c", "w", k=1, b="w_b"), *silu("c", "cs"),
+             N("Split", ["cs", "sizes"], ["a", "b"], axis=1),
+             conv("b", "m1", "wm", b="wm_b"), *silu("m1", "m"), N("Add", ["b", "m"], ["r"]),
+             N("Concat", ["a", "b", "r"], ["cat"], axis=1), conv("cat", "y", "wo", k=1, b="wo_b")]
+    inits = {**weights(8, 3, 1), **weights(4, 4, 3, name="wm"), **weights(8, 12, 1, name="wo"),
+             "sizes": np.array([4, 4], np.int64)}
+    check(make_model(nodes, X, ["y"], inits), n_ops={"SPLIT_V": 1, "CONCATENATION": 1})
+
+
+def test_sppf_maxpool_concat():
+    nodes = [conv("x", "c", "w", k=1, b="w_b"),
+             *[N("MaxPool", [s], [d], kernel_shape=[5, 5], strides=[1, 1], pads=[2, 2, 2, 2])
+               for s, d in (("c", "p1"), ("p1", "p2"), ("p2", "p3"))],
+             N("Concat", ["c", "p1", "p2", "p3"], ["cat"], axis=1), conv("cat", "y", "wo", k=1, b="wo_b")]
+    plan, res, _ = check(make_model(nodes, X, ["y"], {**weights(4, 3, 1), **weights(6, 16, 1, name="wo")}),
+                         n_ops={"MAX_POOL_2D": 3, "PADV2": 0, "QUANTIZE": 1})
+    assert plan.activations["cat"].same_as(plan.activations["c"])
+
+
+def test_resize_nearest_and_concat_with_skip():
+    nodes = [conv("x", "c", "w", s=2, b="w_b"),
+             N("Resize", ["c", "", "scales"], ["u"], mode="nearest",
+               coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+             conv("x", "skip", "w2", b="w2_b"), N("Concat", ["u", "skip"], ["y"], axis=1)]
+    inits = {**weights(4, 3, 3), **weights(4, 3, 3, name="w2"), "scales": np.array([1, 1, 2, 2], np.float32)}
+    check(make_model(nodes, X, ["y"], inits), n_ops={"RESIZE_NEAREST_NEIGHBOR": 1})
+
+
+def test_tensor_feeding_two_concats_is_requantized_where_needed():
+    nodes = [conv("x", "a", "w", b="w_b"), conv("x", "big", "w2", b="w2_b"), N("Mul", ["big", "k"], ["huge"]),
+             N("Concat", ["a", "big"], ["y1"], axis=1), N("Concat", ["a", "huge"], ["y2"], axis=1)]
+    inits = {**weights(4, 3, 3), **weights(4, 3, 3, name="w2"), "k": np.float32(25.0)}
+    plan, res, _ = check(make_model(nodes, X, ["y1", "y2"], inits))
+    assert not plan.activations["a"].same_as(plan.activations["y2"])
+    assert op_counts(res.buffer)["QUANTIZE"] >= 2  # input + a -> y2's params
+    assert [o.name for o in res.outputs] == ["y1", "y2"]
+
+
+def test_sigmoid_into_wide_concat_and_3d_concat():
+    nodes = [conv("x", "c", "w", b="w_b"), N("Sigmoid", ["c"], ["s"]), N("Mul", ["c", "k"], ["big"]),
+             N("Reshape", ["s", "shape"], ["rs"]), N("Reshape", ["big", "shape"], ["rb"]),
+             N("Concat", ["rb", "rs"], ["y"], axis=2)]
+    inits = {**weights(4, 3, 3), "k": np.float32(40.0), "shape": np.array([1, 4, 320], np.int64)}
+    _, res, lite = check(make_model(nodes, X, ["y"], inits))
+    assert res.outputs[0].shape == (1, 4, 640)
+
+
+def test_5d_yolov5_style_decode():
+    nodes = [conv("x", "c", "w", k=1, b="w_b"), N("Reshape", ["c", "shape"], ["r"]),
+             N("Transpose", ["r"], ["t"], perm=[0, 1, 3, 4, 2]), N("Sigmoid", ["t"], ["s"]),
+             N("Split", ["s", "sizes"], ["xy", "wh", "conf"], axis=4),
+             N("Mul", ["xy", "two"], ["xy2"]), N("Add", ["xy2", "grid"], ["xy3"]),
+             N("Mul", ["wh", "two"], ["wh2"]), N("Pow", ["wh2", "two"], ["wh3"]),
+             N("Concat", ["xy3", "wh3", "conf"], ["cat"], axis=4), N("Reshape", ["cat", "flat"], ["y"])]
+    inits = {**weights(12, 3, 1), "shape": np.array([1, 2, 6, 16, 20], np.int64),
+             "sizes": np.array([2, 2, 2], np.int64), "two": np.float32(2.0),
+             "grid": RNG.uniform(0, 16, (1, 1, 16, 20, 2)).astype(np.float32),
+             "flat": np.array([1, -1, 6], np.int64)}
+    _, res, _ = check(make_model(nodes, X, ["y"], inits))
+    assert res.outputs[0].shape == (1, 640, 6)
+
+
+# -- int16 (16x8) ---------------------------------------------------------------------------------------
+INT16_NODES = [conv("x", "c", "w", s=2, b="w_b"), *silu("c", "m"), conv("m", "c2", "w2", k=1),
+               N("Add", ["c2", "m"], ["a"]), N("Concat", ["a", "m", "c2"], ["y"], axis=1)]
+
+
+def test_int16_everywhere():
+    m = make_model(INT16_NODES, X, ["y"], {**weights(8, 3, 3), **weights(8, 8, 1, bias=False, name="w2")})
+    names = {"c", "m_sig", "m", "c2", "a", "y"}
+    plan, res, _ = check(m, int16=names)
+    types = tensor_types(res.buffer)
+    assert all(types[n] == "int16" for n in names)
+    assert types["w_b"] == "int64" and types["w"] == "int8"
+    assert res.outputs[0].dtype == "int16" and res.outputs[0].zero_point == 0
+    assert plan.activations["m_sig"].scale[0] == np.float32(1 / 32768)
+
+
+def test_int16_mixed_with_int8():
+    m = make_model(INT16_NODES, X, ["y"], {**weights(8, 3, 3), **weights(8, 8, 1, bias=False, name="w2")})
+    _, res, _ = check(m, int16={"m_sig", "a"})
+    types = tensor_types(res.buffer)
+    assert types["a"] == "int16" and types["y"] == "int8" and types["c"] == "int8"
+
+
+# -- interface, errors, determinism ----------------------------------------------------------------------
+def test_outputs_follow_onnx_order_layout_and_plan():
+    nodes = [conv("x", "c", "w", b="w_b"), N("Reshape", ["c", "shape"], ["flat"]), N("Sigmoid", ["c"], ["s"])]
+    m = make_model(nodes, X, ["flat", "c", "s"], {**weights(4, 3, 3), "shape": np.array([1, 4, 320], np.int64)})
+    plan, res, _ = check(m)
+    assert [o.name for o in res.outputs] == ["flat", "c", "s"]
+    assert [o.shape for o in res.outputs] == [(1, 4, 320), (1, 16, 20, 4), (1, 16, 20, 4)]
+    assert res.layouts["c"] == (0, 2, 3, 1) and res.layouts["flat"] == (0, 1, 2)
+
+
+DETERMINISM_SCRIPT = """
+import hashlib, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from _writer_helpers import convert, make_model
+from test_tflite_writer import determinism_model
+print(hashlib.sha256(convert(determinism_model())[1].buffer).hexdigest())
+"""
+
+
+def determinism_model() -> onnx.ModelProto:
+    rng = np.random.default_rng(7)
+    inits = {"w": conv_weights(rng, 8, 3, 3), "w_b": rng.standard_normal(8).astype(np.float32)}
+    return make_model([conv("x", "c", "w", s=2, b="w_b"), *silu("c", "y")], X, ["y"], inits)
+
+
+def test_deterministic_bytes():
+    """Same model and plan -> identical bytes, in this process and under another hash seed."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    m = determinism_model()
+    plan, res, _ = convert(m)
+    assert write_tflite(m, plan).buffer == res.buffer
+    script = DETERMINISM_SCRIPT.format(tests=str(Path(__file__).parent))
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == hashlib.sha256(res.buffer).hexdigest()
+
+
+def test_description_is_stored():
+    m = make_model([conv("x", "y", "w")], X, ["y"], weights(4, 3, 3, bias=False))
+    plan, _, _ = convert(m)
+    buf = write_tflite(m, plan, description="edgeq yolov8n").buffer
+    assert tflite.Model.GetRootAsModel(buf, 0).Description() == b"edgeq yolov8n"
+
+
+@pytest.mark.parametrize("node, what", [
+    (N("Resize", ["x", "", "scales"], ["y"], name="up", mode="linear"), "mode='linear'"),
+    (N("Resize", ["x", "", "scales"], ["y"], name="up", mode="nearest", coordinate_transformation_mode="half_pixel"),
+     "coordinate_transformation_mode='half_pixel'"),
+    (N("Erf", ["x"], ["y"], name="erf0"), "op type 'Erf'"),
+    (N("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[2, 2], dilations=[2, 2]), "dilations=[2, 2]"),
+    (N("Conv", ["x", "wg"], ["y"], name="grouped", kernel_shape=[1, 1], group=3), "group=3"),
+])
+def test_unsupported_ops_name_node_op_and_attribute(node, what):
+    inits = {"scales": np.array([1, 1, 2, 2], np.float32), "wg": np.ones((6, 2, 1, 1), np.float32)}
+    m = make_model([node], {"x": [1, 6, 4, 4]}, ["y"], {k: v for k, v in inits.items() if k in node.input})
+    plan = plan_from_ranges(m, {"x": (0, 1), "y": (0, 1)})
+    with pytest.raises(UnsupportedOpError) as exc:
+        write_tflite(m, plan)
+    msg = str(exc.value)
+    assert node.op_type in msg and (node.name in msg) and what in msg and "--split smart" in msg
+
+
+def test_float_tensors_in_plan_are_rejected():
+    m = make_model([conv("x", "y", "w")], X, ["y"], weights(4, 3, 3, bias=False))
+    plan, _, _ = convert(m)
+    plan.float_tensors.add("y")
+    with pytest.raises(UnsupportedOpError, match="float"):
+        write_tflite(m, plan)
