@@ -353,3 +353,161 @@ def test_float_tensors_in_plan_are_rejected():
     plan.float_tensors.add("y")
     with pytest.raises(UnsupportedOpError, match="float"):
         write_tflite(m, plan)
+
+
+# -- artifact structure --------------------------------------------------------------------------------
+def _tensors(buffer: bytes) -> dict[str, dict]:
+    """Name -> {type, shape, scale, zero_point, qdim} of every tensor in a flatbuffer."""
+    sg = tflite.Model.GetRootAsModel(buffer, 0).Subgraphs(0)
+    types = {v: k.lower() for k, v in vars(tflite.TensorType).items() if not k.startswith("_")}
+    out = {}
+    for i in range(sg.TensorsLength()):
+        t = sg.Tensors(i)
+        q = t.Quantization()
+        out[t.Name().decode()] = {
+            "type": types[t.Type()], "shape": tuple(t.ShapeAsNumpy().tolist()),
+            "scale": q.ScaleAsNumpy() if q is not None and q.ScaleLength() else None,
+            "zero_point": q.ZeroPointAsNumpy() if q is not None and q.ZeroPointLength() else None,
+            "qdim": q.QuantizedDimension() if q is not None else None,
+        }
+    return out
+
+
+def test_weights_per_channel_and_bias_scales():
+    nodes = [conv("x", "a", "w", k=1, p=0, b="w_b"), conv("a", "y", "dw", k=3, b="dw_b", group=8)]
+    inits = {**weights(8, 3, 1), "dw": conv_weights(RNG, 8, 1, 3), "dw_b": np.ones(8, np.float32)}
+    m = make_model(nodes, X, ["y"], inits)
+    plan, res, _ = convert(m)
+    t = _tensors(res.buffer)
+    x_scale = float(t["x/int8"]["scale"][0])
+    assert t["x/int8"]["zero_point"][0] == -128 and x_scale == pytest.approx(1 / 255)
+    assert t["w"]["type"] == "int8" and t["w"]["shape"] == (8, 1, 1, 3) and t["w"]["qdim"] == 0
+    assert t["dw"]["shape"] == (1, 3, 3, 8) and t["dw"]["qdim"] == 3
+    assert np.array_equal(t["w"]["scale"], plan.weights["w"].scale)
+    for w, b, s_in in (("w", "w_b", x_scale), ("dw", "dw_b", float(plan.activations["a"].scale[0]))):
+        assert t[b]["type"] == "int32" and not t[b]["zero_point"].any()
+        assert np.allclose(t[b]["scale"], s_in * t[w]["scale"], rtol=1e-6)
+        assert not t[w]["zero_point"].any() and np.abs(t[w]["scale"] - plan.weights[w].scale).max() == 0
+
+
+def test_reshape_family_ops():
+    nodes = [conv("x", "a", "w", b="w_b"), N("Flatten", ["a"], ["f"], axis=2), N("Unsqueeze", ["f", "ax"], ["u"]),
+             N("Squeeze", ["u", "ax"], ["s"]), N("Identity", ["s"], ["y"])]
+    inits = {**weights(4, 3, 3), "ax": np.array([1], np.int64)}
+    _, res, _ = check(make_model(nodes, X, ["y"], inits), n_ops={"RESHAPE": 4})
+    assert res.outputs[0].shape == (4, 320)
+
+
+def _raw_model(op: int, version: int, dtype: str, in_params: list[tuple[float, int]], out_params: tuple[float, int],
+               out_shape: tuple[int, ...], options=None) -> bytes:
+    from edgeq.export.tflite.flatbuf import TFLModel, TFLOperator, TFLTensor, serialize
+    from edgeq.quant.plan import QParams
+
+    m = TFLModel()
+    ins = [m.add_tensor(TFLTensor(f"in{i}", (1, 2, 2, 3), dtype, QParams(s, z, dtype))) for i, (s, z) in enumerate(in_params)]
+    out = m.add_tensor(TFLTensor("out", out_shape, dtype, QParams(*out_params, dtype)))
+    m.operators.append(TFLOperator(op, version, ins, [out], options))
+    m.inputs, m.outputs = ins, [out]
+    return serialize(m)
+
+
+def _prepares(buffer: bytes) -> bool:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    try:
+        Interpreter(model_content=buffer,
+                    experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES).allocate_tensors()
+    except RuntimeError:
+        return False
+    return True
+
+
+def test_litert_kernel_contracts_the_constraints_encode():
+    """What LiteRT's kernels reject: the reason for the constraint registry's entries."""
+    from edgeq.export.tflite import options as opt
+
+    op = tflite.BuiltinOperator
+    cat = (op.CONCATENATION, 2, "int8")
+    shape6 = (1, 2, 2, 6)
+    assert _prepares(_raw_model(*cat, [(0.1, 3), (0.1, 3)], (0.1, 3), shape6, opt.concatenation(3)))
+    assert not _prepares(_raw_model(*cat, [(0.1, 3), (0.2, 3)], (0.2, 3), shape6, opt.concatenation(3)))
+    assert not _prepares(_raw_model(*cat, [(0.1, 3), (0.1, 0)], (0.1, 3), shape6, opt.concatenation(3)))
+    for code, options in ((op.LOGISTIC, None), (op.SOFTMAX, opt.softmax())):
+        shape = (1, 2, 2, 3)
+        assert _prepares(_raw_model(code, 2, "int8", [(0.05, 0)], (1 / 256, -128), shape, options))
+        assert not _prepares(_raw_model(code, 2, "int8", [(0.05, 0)], (1 / 512, -128), shape, options))
+        assert _prepares(_raw_model(code, 3, "int16", [(0.05, 0)], (1 / 32768, 0), shape, options))
+        assert not _prepares(_raw_model(code, 3, "int16", [(0.05, 0)], (1 / 65536, 0), shape, options))
+
+
+# -- whole real models (the monolithic INT8 head: the known-bad baseline; correctness, not accuracy) --
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+@pytest.fixture(scope="module")
+def letterboxed(calib_dir) -> list[np.ndarray]:
+    """Four letterboxed 640x640 RGB calibration images (uint8 HWC)."""
+    from edgeq.calib.preprocess import letterbox, read_image
+
+    paths = sorted((calib_dir / "images").glob("*.jpg"))[:4]
+    return [letterbox(read_image(p), (640, 640))[0] for p in paths]
+
+
+def convert_real(path, images):
+    """Calibrate on ``images`` with onnxruntime, plan, write, run image 0 in LiteRT."""
+    from _writer_helpers import ranges_from
+
+    from edgeq.calib.preprocess import to_nchw_float
+
+    model = onnx.load(path)
+    runs = [run_onnx(model, {"images": to_nchw_float(img)}) for img in images]
+    plan = plan_from_ranges(model, ranges_from(runs))
+    result = write_tflite(model, plan, description=path.stem)
+    assert_fully_integer(result)
+    lite = run_tflite(result, images[0].transpose(2, 0, 1)[None])
+    errors = local_errors(model, plan, lite)
+    assert len(errors) > 0.9 * len(plan.activations)
+    bad = {k: round(v, 2) for k, v in errors.items() if v > LOCAL_STEPS["int8"]}
+    assert not bad, f"tensors off by more than one step: {bad}"
+    for out in result.outputs:
+        p = plan.activations[out.name]
+        assert (out.scale, out.zero_point) == (float(p.scale[0]), int(p.zero_point[0]))
+    return plan, result, lite, runs[0]
+
+
+@pytest.mark.slow
+def test_real_yolov8n_whole_graph(yolov8n_onnx, letterboxed):
+    plan, res, lite, ref = convert_real(yolov8n_onnx, letterboxed)
+    assert res.inputs[0].shape == (1, 640, 640, 3) and res.inputs[0].dtype == "uint8"
+    assert [(o.name, o.shape, o.dtype) for o in res.outputs] == [("output0", (1, 84, 8400), "int8")]
+    out, want = lite.values["output0"], ref["output0"]
+    assert _corr(out[:, :4], want[:, :4]) > 0.99  # boxes, pixels
+    # output0 shares one int8 scale between 0..640 px boxes and 0..1 scores, so the scores are
+    # checked where they are still representable: the Sigmoid feeding the final Concat.
+    scores = "/model.22/Sigmoid_output_0"
+    assert _corr(lite.values[scores], ref[scores]) > 0.9
+    counts = op_counts(res.buffer)
+    assert counts["SOFTMAX"] == 1 and counts["CONV_2D"] == 64 and counts["PAD"] == 7
+
+
+@pytest.mark.slow
+def test_real_yolov8n_seg_whole_graph(yolov8n_seg_onnx, letterboxed):
+    plan, res, lite, ref = convert_real(yolov8n_seg_onnx, letterboxed)
+    assert [(o.name, o.shape) for o in res.outputs] == [("output0", (1, 116, 8400)), ("output1", (1, 160, 160, 32))]
+    assert _corr(lite.values["output0"][:, :4], ref["output0"][:, :4]) > 0.99
+    assert _corr(lite.values["output1"], ref["output1"]) > 0.9  # protos, via TRANSPOSE_CONV
+    assert _corr(lite.values["/model.22/Sigmoid_output_0"], ref["/model.22/Sigmoid_output_0"]) > 0.9
+    assert op_counts(res.buffer)["TRANSPOSE_CONV"] == 1
+
+
+@pytest.mark.slow
+def test_real_yolov5n_whole_graph(letterboxed):
+    from conftest import shared_path
+
+    plan, res, lite, ref = convert_real(shared_path("models", "yolov5n.onnx"), letterboxed)
+    assert [(o.name, o.shape) for o in res.outputs] == [("output0", (1, 25200, 85))]
+    assert _corr(lite.values["output0"][..., :4], ref["output0"][..., :4]) > 0.99
+    probs = [f"/model.24/Sigmoid{s}_output_0" for s in ("", "_1", "_2")]  # obj and class, 3 scales
+    assert _corr(np.concatenate([lite.values[p].ravel() for p in probs]),
+                 np.concatenate([ref[p].ravel() for p in probs])) > 0.9

@@ -17,6 +17,7 @@ no requantization is needed between them.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -110,10 +111,6 @@ class _SharingGroups:
         g = self.group(name)
         return g.pinned if g.pinned is not None else activation_params(g.lo, g.hi, g.dtype)
 
-    def size(self, name: str) -> int:
-        r = self.root(name)
-        return sum(1 for n in self._parent if self.root(n) == r)
-
 
 def plan_from_ranges(
     model: onnx.ModelProto,
@@ -149,10 +146,11 @@ def plan_from_ranges(
     _share(g, groups)
 
     plan = QuantPlan()
+    sizes = Counter(groups.root(n) for n in g.activations())
     for name in g.activations():
         plan.activations[name] = groups.params(name)
         base = methods.get(name, "range")
-        plan.methods[name] = base if groups.size(name) == 1 else f"{base}+shared"
+        plan.methods[name] = base if sizes[groups.root(name)] == 1 else f"{base}+shared"
     for name in g.inputs:
         plan.activations[name] = input_params
         plan.methods[name] = "input"
