@@ -160,6 +160,49 @@ def validate(
     )
 
 
+@app.command()
+def bench(
+    model: Path = typer.Argument(..., help="Artifact (.tflite) or ONNX model."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder to cycle through (default: a built-in synthetic 640x480 image)."),
+    runs: int = typer.Option(50, "--runs", help="Measured predict() calls (and profiled inferences)."),
+    warmup: int = typer.Option(5, "--warmup", help="Calls before measuring."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Interpreter/session threads (default: the runtime's)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write latency and profile as JSON here."),
+    top: int = typer.Option(15, "--top", help="Ops to list in each profile table."),
+    conf: float = typer.Option(0.25, "--conf", help="Confidence threshold for decode."),
+    max_images: int = typer.Option(50, "--max-images", help="Read at most this many images from --images."),
+    profile: bool = typer.Option(True, "--profile/--no-profile", help="Also profile per op (onnxruntime / LiteRT profiler)."),
+    kernels: str = typer.Option("xnnpack", "--kernels", help="TFLite profile: xnnpack (the default CPU path) or builtin (TFLite kernels, one row per graph node)."),
+) -> None:
+    """Latency (median / p90 / mean) of preprocess, inference and decode, and a per-op profile.
+
+    ONNX models are profiled with onnxruntime's profiler; TFLite artifacts with LiteRT's C-API
+    profiler on the same XNNPACK CPU kernels the runtime uses.
+    """
+    from edgeq.eval.latency import load_images, measure_latency, print_latency
+    from edgeq.eval.profile import print_profile, profile_model
+
+    if kernels not in ("xnnpack", "builtin"):
+        console.print(f"[bold red]error:[/] --kernels must be xnnpack or builtin, not {kernels!r}")
+        raise typer.Exit(2)
+    out = Console(width=None if Console().is_terminal else 140)
+    imgs, label = _run(load_images, images, max_images)
+    lat = _run(measure_latency, model, imgs, runs=runs, warmup=warmup, threads=threads, conf=conf, images_label=label)
+    print_latency(lat, out)
+    report: dict = {"latency": lat.to_json()}
+    if profile:
+        from edgeq.runtime import load
+
+        tensor = _run(load, model, threads=threads).preprocess(imgs[0])[0]
+        prof = _run(profile_model, model, tensor, runs=runs, warmup=warmup, threads=threads, kernels=kernels)  # type: ignore[arg-type]
+        print_profile(prof, top=top, console=out)
+        report["profile"] = prof.to_json()
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=1))
+        console.print(f"[green]wrote[/] {json_out}")
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 
