@@ -279,6 +279,35 @@ def test_int16_mixed_with_int8():
     assert types["a"] == "int16" and types["y"] == "int8" and types["c"] == "int8"
 
 
+@pytest.mark.parametrize("int16", [False, True], ids=["int8", "int16"])
+def test_data_movement_chain_int8_and_int16(int16):
+    """Depthwise, padded MaxPool, Resize, Split, Concat, Slice, Pad, ConvTranspose, Reshape,
+    Transpose and Softmax in one chain; with ``int16`` every activation is int16 (16x8)."""
+    from edgeq.export.tflite.onnx_graph import GraphView
+
+    nodes = [conv("x", "a", "w", k=1, p=0, b="w_b"), conv("a", "d", "dw", k=3, s=2, b="dw_b", group=8),
+             N("MaxPool", ["d"], ["p"], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1]),
+             N("Resize", ["p", "", "scales"], ["u"], mode="nearest", coordinate_transformation_mode="asymmetric",
+               nearest_mode="floor"),
+             N("Split", ["u", "sizes"], ["s1", "s2"], axis=1), N("Concat", ["s2", "s1", "a"], ["cat"], axis=1),
+             N("Slice", ["cat", "st", "en", "ax"], ["sl"]), N("Pad", ["sl", "pads"], ["pd"]),
+             N("ConvTranspose", ["pd", "wt", "bt"], ["ct"], kernel_shape=[2, 2], strides=[2, 2]),
+             N("Reshape", ["ct", "shape"], ["r"]), N("Transpose", ["r"], ["t"], perm=[0, 2, 1]),
+             N("Softmax", ["t"], ["y"], axis=1)]
+    inits = {**weights(8, 3, 1), "dw": conv_weights(RNG, 8, 1, 3), "dw_b": np.zeros(8, np.float32),
+             "scales": np.array([1, 1, 2, 2], np.float32), "sizes": np.array([3, 5], np.int64),
+             "st": np.array([2], np.int64), "en": np.array([14], np.int64), "ax": np.array([1], np.int64),
+             "pads": np.array([0, 0, 1, 0, 0, 0, 0, 1], np.int64),
+             "wt": (RNG.standard_normal((12, 4, 2, 2)) * 0.3).astype(np.float32), "bt": np.zeros(4, np.float32),
+             "shape": np.array([1, 4, -1], np.int64)}
+    m = make_model(nodes, X, ["y"], inits)
+    names = set(GraphView(m).activations()) - {"x"} if int16 else set()
+    _, res, _ = check(m, int16=names)
+    types = tensor_types(res.buffer)
+    assert {types[n] for n in names} <= {"int16"} and res.outputs[0].dtype == ("int16" if int16 else "int8")
+    assert res.outputs[0].shape == (1, 1428, 4)
+
+
 # -- interface, errors, determinism ----------------------------------------------------------------------
 def test_outputs_follow_onnx_order_layout_and_plan():
     nodes = [conv("x", "c", "w", b="w_b"), N("Reshape", ["c", "shape"], ["flat"]), N("Sigmoid", ["c"], ["s"])]
@@ -404,7 +433,8 @@ def _raw_model(op: int, version: int, dtype: str, in_params: list[tuple[float, i
     from edgeq.quant.plan import QParams
 
     m = TFLModel()
-    ins = [m.add_tensor(TFLTensor(f"in{i}", (1, 2, 2, 3), dtype, QParams(s, z, dtype))) for i, (s, z) in enumerate(in_params)]
+    ins = [m.add_tensor(TFLTensor(f"in{i}", (1, 2, 2, 3), dtype, QParams(s, z, dtype)))
+           for i, (s, z) in enumerate(in_params)]
     out = m.add_tensor(TFLTensor("out", out_shape, dtype, QParams(*out_params, dtype)))
     m.operators.append(TFLOperator(op, version, ins, [out], options))
     m.inputs, m.outputs = ins, [out]
@@ -454,22 +484,35 @@ def letterboxed(calib_dir) -> list[np.ndarray]:
     return [letterbox(read_image(p), (640, 640))[0] for p in paths]
 
 
-def convert_real(path, images):
-    """Calibrate on ``images`` with onnxruntime, plan, write, run image 0 in LiteRT."""
+def convert_real(path, images, int16: bool = False):
+    """Calibrate on ``images`` with onnxruntime, plan, write, run image 0 in LiteRT, check every
+    tensor locally; with ``int16`` every activation is int16 (16x8)."""
     from _writer_helpers import ranges_from
 
     from edgeq.calib.preprocess import to_nchw_float
+    from edgeq.export.tflite.onnx_graph import GraphView
 
     model = onnx.load(path)
     runs = [run_onnx(model, {"images": to_nchw_float(img)}) for img in images]
-    plan = plan_from_ranges(model, ranges_from(runs))
+    names = set(GraphView(model).activations()) - {"images"} if int16 else set()
+    plan = plan_from_ranges(model, ranges_from(runs), int16=names)
     result = write_tflite(model, plan, description=path.stem)
     assert_fully_integer(result)
     lite = run_tflite(result, images[0].transpose(2, 0, 1)[None])
     errors = local_errors(model, plan, lite)
     assert len(errors) > 0.9 * len(plan.activations)
-    bad = {k: round(v, 2) for k, v in errors.items() if v > LOCAL_STEPS["int8"]}
-    assert not bad, f"tensors off by more than one step: {bad}"
+    softmax = {n.output[0] for n in model.graph.node if n.op_type == "Softmax"}
+
+    def allowed(name: str) -> float:
+        p = plan.activations[name]
+        if p.dtype == "int16" and name in softmax:
+            # LiteRT's int16 SOFTMAX approximates exp and 1/x with lookup tables: on the peaky
+            # DFL distributions it is off by ~20 int16 steps; still far finer than one int8 step.
+            return (1 / 256) / float(p.scale[0])
+        return LOCAL_STEPS[p.dtype]
+
+    bad = {k: round(v, 2) for k, v in errors.items() if v > allowed(k)}
+    assert not bad, f"tensors off by more than their allowed steps: {bad}"
     for out in result.outputs:
         p = plan.activations[out.name]
         assert (out.scale, out.zero_point) == (float(p.scale[0]), int(p.zero_point[0]))
@@ -511,3 +554,13 @@ def test_real_yolov5n_whole_graph(letterboxed):
     probs = [f"/model.24/Sigmoid{s}_output_0" for s in ("", "_1", "_2")]  # obj and class, 3 scales
     assert _corr(np.concatenate([lite.values[p].ravel() for p in probs]),
                  np.concatenate([ref[p].ravel() for p in probs])) > 0.9
+
+
+@pytest.mark.slow
+def test_real_yolov8n_whole_graph_int16(yolov8n_onnx, letterboxed):
+    """16x8 everywhere: ConvTranspose-free det graph incl. Softmax/Transpose/Split in int16."""
+    plan, res, lite, ref = convert_real(yolov8n_onnx, letterboxed[:2], int16=True)
+    assert res.outputs[0].dtype == "int16" and res.outputs[0].zero_point == 0
+    out, want = lite.values["output0"], ref["output0"]
+    assert _corr(out[:, :4], want[:, :4]) > 0.999
+    assert _corr(out[:, 4:], want[:, 4:]) > 0.99  # int16 output0 keeps the scores representable

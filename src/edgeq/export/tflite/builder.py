@@ -94,7 +94,8 @@ class Converter:
 
     def tensor(self, name: str, shape: Sequence[int], params: QParams) -> int:
         """A new activation tensor."""
-        return self.model.add_tensor(TFLTensor(self.unique_name(name), tuple(int(s) for s in shape), params.dtype, params))
+        shape = tuple(int(s) for s in shape)
+        return self.model.add_tensor(TFLTensor(self.unique_name(name), shape, params.dtype, params))
 
     def const(self, name: str, data: np.ndarray, params: QParams | None = None) -> int:
         """A new constant tensor holding ``data`` (already in its stored dtype and layout)."""

@@ -35,7 +35,8 @@ _FIX = (
 
 def unsupported(g: GraphView, node: onnx.NodeProto, what: str) -> UnsupportedOpError:
     """The error for a node the TFLite INT8 writer cannot express."""
-    return UnsupportedOpError(f"{node.op_type} node {g.label(node)!r}: {what} is not supported by the TFLite INT8 writer", _FIX)
+    where = f"{node.op_type} node {g.label(node)!r}"
+    return UnsupportedOpError(f"{where}: {what} is not supported by the TFLite INT8 writer", _FIX)
 
 
 def _axis(axis: int, rank: int) -> int:
@@ -118,15 +119,15 @@ class OpHandler:
     def emit(self, cv: Converter, node: onnx.NodeProto) -> None:
         raise NotImplementedError
 
-    # Shared helpers.
     @staticmethod
-    def natural(node: onnx.NodeProto, cv: Converter, dtype: QDType, source: str | None = None) -> QParams | None:
-        """What the kernel outputs before any requantize, per :mod:`edgeq.quant.constraints`."""
+    def natural(cv: Converter, node: onnx.NodeProto, dtype: QDType = "int8") -> QParams | None:
+        """What the kernel itself outputs, per :mod:`edgeq.quant.constraints`: fixed parameters
+        (LOGISTIC, SOFTMAX), the input's (data movement), or None (free: the plan's)."""
         c = constraint(node.op_type)
         if c.rule is Rule.FIXED:
             return c.fixed_params(dtype)
-        if source is not None and c.rule is Rule.SAME_AS_INPUT:
-            return cv.value(source).params
+        if c.rule is Rule.SAME_AS_INPUT:
+            return cv.value(node.input[0]).params
         return None
 
 
@@ -140,8 +141,6 @@ class _ConvBase(OpHandler):
         for i, what in ((1, "weights"), (2, "bias")):
             if len(node.input) > i and node.input[i] and not g.is_const(node.input[i]):
                 raise unsupported(g, node, f"non-constant {what} {node.input[i]!r}")
-        if any(d != 1 for d in g.attrs(node).get("dilations", [1, 1])) and node.op_type == "ConvTranspose":
-            raise unsupported(g, node, "dilations != 1")
 
     def quantized_weights(self, cv: Converter, node: onnx.NodeProto, in_scale: float, dtype: QDType
                           ) -> tuple[np.ndarray, QParams, np.ndarray, np.ndarray]:
@@ -153,7 +152,8 @@ class _ConvBase(OpHandler):
         wp = cv.plan.weights[wname]
         qw = wp.quantize(w)
         n_out = w.shape[self.weight_axis]
-        bias = cv.g.consts[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] else np.zeros(n_out)
+        has_bias = len(node.input) > 2 and node.input[2]
+        bias = cv.g.consts[node.input[2]].astype(np.float64) if has_bias else np.zeros(n_out)
         w_scale = np.broadcast_to(wp.scale.astype(np.float64), (n_out,)).copy()
         bias_dtype, limit = (np.int64, 2**47) if dtype == "int16" else (np.int32, 2**31 - 1)
         # A channel whose weights are all zero may take any scale: pick one its bias fits in.
@@ -224,6 +224,8 @@ class ConvTransposeOp(_ConvBase):
         a = g.attrs(node)
         if a.get("group", 1) != 1:
             raise unsupported(g, node, f"group={a['group']}")
+        if any(d != 1 for d in a.get("dilations", [1, 1])):
+            raise unsupported(g, node, f"dilations={a['dilations']}")
         if self._padding(g, node) is None:
             raise unsupported(g, node, f"pads={a.get('pads')} / output_padding={a.get('output_padding')} "
                                        "(only no padding, or TFLite SAME-equivalent padding)")
@@ -271,7 +273,7 @@ class SigmoidOp(OpHandler):
         dtype = cv.op_dtype(out)
         perm = cv.value(node.input[0]).perm
         x = cv.get_as(node.input[0], dtype, perm)
-        y = cv.output(out, perm, self.natural(node, cv, dtype))
+        y = cv.output(out, perm, self.natural(cv, node, dtype))
         cv.add_op(OP.LOGISTIC, _int_version(dtype, 2, 3), [x], [y])
 
 
@@ -386,7 +388,7 @@ class SoftmaxOp(OpHandler):
             perm = tuple(i for i in range(rank) if i != axis) + (axis,)
         dtype = cv.op_dtype(out)
         x = cv.get_as(x_name, dtype, perm)
-        y = cv.output(out, perm, self.natural(node, cv, dtype))
+        y = cv.output(out, perm, self.natural(cv, node, dtype))
         cv.add_op(OP.SOFTMAX, _int_version(dtype, 2, 3), [x], [y], opt.softmax(1.0))
 
 
@@ -442,10 +444,10 @@ class SplitOp(OpHandler):
         rank = len(cv.onnx_shape(x_name))
         axis = layout.stored_axis(_axis(cv.g.attrs(node).get("axis", 0), rank), v.perm)
         sizes = self.sizes(cv.g, node)
-        outs = [cv.output(o, v.perm, v.params) for o in node.output]
+        outs = [cv.output(o, v.perm, self.natural(cv, node)) for o in node.output]
         axis_t = cv.const(f"{node.output[0]}/axis", np.array(axis, dtype=np.int32))
-        cv.add_op(OP.SPLIT_V, _int_version(v.dtype, 2, 3), [v.index, cv.int32(f"{node.output[0]}/sizes", sizes), axis_t],
-                  outs, opt.split_v(len(sizes)))
+        sizes_t = cv.int32(f"{node.output[0]}/sizes", sizes)
+        cv.add_op(OP.SPLIT_V, _int_version(v.dtype, 2, 1), [v.index, sizes_t, axis_t], outs, opt.split_v(len(sizes)))
 
 
 class SliceOp(OpHandler):
@@ -486,9 +488,9 @@ class SliceOp(OpHandler):
         v = cv.value(node.input[0])
         begin, end, stride = (layout.stored_shape(b, v.perm) for b in self.bounds(cv.g, node))
         out = node.output[0]
-        y = cv.output(out, v.perm, v.params)
+        y = cv.output(out, v.perm, self.natural(cv, node))
         rank = len(begin)
-        version = 4 if rank > 4 else _int_version(v.dtype, 2, 2)
+        version = 4 if rank > 4 else _int_version(v.dtype, 2, 1)
         cv.add_op(OP.STRIDED_SLICE, version,
                   [v.index, cv.int32(f"{out}/begin", begin), cv.int32(f"{out}/end", end),
                    cv.int32(f"{out}/strides", stride)], [y], opt.strided_slice())
@@ -525,7 +527,7 @@ class MaxPoolOp(OpHandler):
         mode = _padding_mode(in_hw, out_hw, kernel, strides, [1, 1], pads)
         if mode is None:
             x, mode = _explicit_pad(cv, x, pads, out, fill_min=True), "VALID"
-        y = cv.output(out, layout.NHWC, v.params)
+        y = cv.output(out, layout.NHWC, self.natural(cv, node))
         cv.add_op(OP.MAX_POOL_2D, _int_version(v.dtype, 2, 3), [x], [y],
                   opt.pool2d(mode, tuple(strides), tuple(kernel)))
 
@@ -556,7 +558,7 @@ class ResizeOp(OpHandler):
         v = cv.value(node.input[0])
         x = cv.get(node.input[0], layout.NHWC)
         size = cv.int32(f"{out}/size", list(cv.onnx_shape(out)[2:]))
-        y = cv.output(out, layout.NHWC, v.params)
+        y = cv.output(out, layout.NHWC, self.natural(cv, node))
         cv.add_op(OP.RESIZE_NEAREST_NEIGHBOR, _int_version(v.dtype, 2, 4), [x, size], [y], opt.resize_nearest())
 
 
@@ -567,10 +569,9 @@ class ReshapeOp(OpHandler):
 
     def emit(self, cv: Converter, node: onnx.NodeProto) -> None:
         x_name, out = node.input[0], node.output[0]
-        v = cv.value(x_name)
         x = cv.get(x_name, layout.identity(len(cv.onnx_shape(x_name))))
         shape = cv.onnx_shape(out)
-        y = cv.output(out, layout.identity(len(shape)), v.params)
+        y = cv.output(out, layout.identity(len(shape)), self.natural(cv, node))
         cv.add_op(OP.RESHAPE, 1, [x, cv.int32(f"{out}/shape", shape)], [y], opt.reshape(shape))
 
 
@@ -603,7 +604,7 @@ class TransposeOp(OpHandler):
         out_perm = layout.default_perm(rank)
         # stored_out = onnx_in.T(onnx_perm).T(out_perm) = stored_in.T(inverse(v.perm)).T(...)
         perm = layout.between(v.perm, layout.compose(onnx_perm, out_perm))
-        y = cv.output(out, out_perm, v.params)
+        y = cv.output(out, out_perm, self.natural(cv, node))
         if layout.is_identity(perm):
             shape = cv.shape_of(v.index)
             cv.add_op(OP.RESHAPE, 1, [v.index, cv.int32(f"{out}/shape", shape)], [y], opt.reshape(shape))
@@ -648,7 +649,7 @@ class PadOp(OpHandler):
         pads, value = self.pads_and_value(cv.g, node)
         rank = len(v.perm)
         paddings = [[pads[p], pads[p + rank]] for p in v.perm]
-        y = cv.output(out, v.perm, v.params)
+        y = cv.output(out, v.perm, self.natural(cv, node))
         inputs = [v.index, cv.int32(f"{out}/paddings", paddings)]
         version = _int_version(v.dtype, 2, 3)
         if value == 0.0:

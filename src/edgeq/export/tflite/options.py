@@ -25,7 +25,9 @@ def conv2d(padding: str, stride_hw: tuple[int, int], dilation_hw: tuple[int, int
     return Options(BO.Conv2DOptions, build)
 
 
-def depthwise_conv2d(padding: str, stride_hw: tuple[int, int], dilation_hw: tuple[int, int], multiplier: int) -> Options:
+def depthwise_conv2d(
+    padding: str, stride_hw: tuple[int, int], dilation_hw: tuple[int, int], multiplier: int
+) -> Options:
     def build(b: flatbuffers.Builder) -> int:
         tflite.DepthwiseConv2DOptionsStart(b)
         tflite.DepthwiseConv2DOptionsAddPadding(b, PADDING[padding])
