@@ -87,15 +87,18 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, (time.perf_counter() - t0) * 1e3
 
 
-def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Print a rich table to stdout (140 columns when not a terminal, so logs stay readable)."""
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1) -> None:
+    """Print a rich table to stdout (140 columns when not a terminal, so logs stay readable).
+
+    The first ``left`` columns are left-aligned labels; the rest (numbers) are right-aligned.
+    """
     from rich.console import Console
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 140)
     t = Table(title=title, title_justify="left")
     for i, c in enumerate(columns):
-        t.add_column(c, justify="left" if i == 0 else "right")
+        t.add_column(c, justify="left" if i < left else "right")
     for r in rows:
         t.add_row(*(str(v) for v in r))
     console.print(t)
@@ -136,3 +139,9 @@ def run_child(cmd: Sequence[str], *, cwd: Path | None = None, env: dict[str, str
 def edgeq_cli() -> list[str]:
     """The command that runs this checkout's ``edgeq`` CLI with this interpreter."""
     return [sys.executable, "-m", "edgeq"]
+
+
+def machine_note() -> str:
+    """CPU count and load average, printed with every benchmark: timings on a busy machine are noise."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return f"{os.cpu_count()} CPUs, load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min)"

@@ -148,6 +148,7 @@ def main() -> None:
         "edgeq yolov8n combined": C.artifact(shared, "yolov8n", "combined", args.calib_count, args.fresh),
     }
     images = [read_image(p) for p in C.image_paths(shared / "coco-val-dev", args.images)]
+    print(f"machine: {C.machine_note()}", flush=True)
     rows, agree = [], []
     for label, path in artifacts.items():
         print(f"decoding {label}: {len(images)} images x {args.repeats} repeats x {len(CONFS)} thresholds ...", flush=True)
