@@ -6,8 +6,9 @@ it, writes the TFLite flatbuffer and runs it in LiteRT's reference kernels. Two 
 * per tensor ("local"): each op re-run in float on LiteRT's own dequantized inputs must match
   LiteRT's output within one quantization step of that output (half a step for rounding the
   result, half for requantized inputs and the kernels' fixed-point multipliers). int16 steps are
-  256x finer while the 16x8 kernels' lookup tables and input requantizations are accurate to
-  about one step before the final rounding, so int16 tensors get two steps;
+  256x finer while the 16x8 kernels' input requantizations are accurate to about one step
+  before the final rounding, so int16 tensors get two steps, and int16 LOGISTIC/SOFTMAX (lookup
+  tables) one int8 step (see :func:`over_tolerance`);
 * end to end: the output must match the float model (with the plan's quantized weights and
   constants) within the sum of the quantization steps of the tensors it depends on.
 """
@@ -26,6 +27,7 @@ from _writer_helpers import (
 from edgeq.errors import UnsupportedOpError
 from edgeq.export.tflite import write_tflite
 from edgeq.quant.build import plan_from_ranges
+from edgeq.quant.constraints import Rule, constraint
 
 LOCAL_STEPS = {"int8": 1.0, "int16": 2.0}
 RNG = np.random.default_rng(1)
@@ -49,6 +51,22 @@ def weights(c_out, c_in, k, bias=True, name="w"):
     return d
 
 
+def over_tolerance(model: onnx.ModelProto, plan, errors: dict[str, float]) -> dict[str, float]:
+    """The tensors whose local error (in steps) exceeds what their dtype and kernel allow."""
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+
+    def allowed(name: str) -> float:
+        p, c = plan.activations[name], constraint(producer.get(name, ""))
+        if p.dtype == "int16" and c.rule is Rule.FIXED:
+            # LiteRT's int16 LOGISTIC/SOFTMAX use lookup tables whose accuracy depends on the input
+            # range (measured up to ~20 int16 steps on YOLO tensors): require them to beat the
+            # int8 kernel's output step, i.e. int16 is never worse than int8 there.
+            return float(c.fixed_params("int8").scale[0] / p.scale[0])
+        return LOCAL_STEPS[p.dtype]
+
+    return {k: round(v, 2) for k, v in errors.items() if v > allowed(k)}
+
+
 def ancestors(model: onnx.ModelProto, name: str) -> set[str]:
     producer = {o: n for n in model.graph.node for o in n.output}
     seen, todo = set(), [name]
@@ -68,7 +86,7 @@ def check(model: onnx.ModelProto, int16=(), n_ops: dict[str, int] | None = None)
     lite = run_tflite(result, pixels[0])
     errors = local_errors(model, plan, lite)
     assert errors, "no tensor was compared"
-    bad = {k: round(v, 2) for k, v in errors.items() if v > LOCAL_STEPS[plan.activations[k].dtype]}
+    bad = over_tolerance(model, plan, errors)
     assert not bad, f"tensors off by more than {LOCAL_STEPS} step(s): {bad}"
     ref = run_onnx(fake_quant_model(model, plan), {model.graph.input[0].name: to_float(pixels[0])})
     for out in result.outputs:
@@ -484,6 +502,9 @@ def letterboxed(calib_dir) -> list[np.ndarray]:
     return [letterbox(read_image(p), (640, 640))[0] for p in paths]
 
 
+_RUNS: dict = {}
+
+
 def convert_real(path, images, int16: bool = False):
     """Calibrate on ``images`` with onnxruntime, plan, write, run image 0 in LiteRT, check every
     tensor locally; with ``int16`` every activation is int16 (16x8)."""
@@ -493,7 +514,9 @@ def convert_real(path, images, int16: bool = False):
     from edgeq.export.tflite.onnx_graph import GraphView
 
     model = onnx.load(path)
-    runs = [run_onnx(model, {"images": to_nchw_float(img)}) for img in images]
+    if path not in _RUNS:  # the int8 and int16 conversions of one model share calibration runs
+        _RUNS[path] = [run_onnx(model, {"images": to_nchw_float(img)}) for img in images]
+    runs = _RUNS[path]
     names = set(GraphView(model).activations()) - {"images"} if int16 else set()
     plan = plan_from_ranges(model, ranges_from(runs), int16=names)
     result = write_tflite(model, plan, description=path.stem)
@@ -501,17 +524,7 @@ def convert_real(path, images, int16: bool = False):
     lite = run_tflite(result, images[0].transpose(2, 0, 1)[None])
     errors = local_errors(model, plan, lite)
     assert len(errors) > 0.9 * len(plan.activations)
-    softmax = {n.output[0] for n in model.graph.node if n.op_type == "Softmax"}
-
-    def allowed(name: str) -> float:
-        p = plan.activations[name]
-        if p.dtype == "int16" and name in softmax:
-            # LiteRT's int16 SOFTMAX approximates exp and 1/x with lookup tables: on the peaky
-            # DFL distributions it is off by ~20 int16 steps; still far finer than one int8 step.
-            return (1 / 256) / float(p.scale[0])
-        return LOCAL_STEPS[p.dtype]
-
-    bad = {k: round(v, 2) for k, v in errors.items() if v > allowed(k)}
+    bad = over_tolerance(model, plan, errors)
     assert not bad, f"tensors off by more than their allowed steps: {bad}"
     for out in result.outputs:
         p = plan.activations[out.name]
@@ -559,7 +572,7 @@ def test_real_yolov5n_whole_graph(letterboxed):
 @pytest.mark.slow
 def test_real_yolov8n_whole_graph_int16(yolov8n_onnx, letterboxed):
     """16x8 everywhere: ConvTranspose-free det graph incl. Softmax/Transpose/Split in int16."""
-    plan, res, lite, ref = convert_real(yolov8n_onnx, letterboxed[:2], int16=True)
+    plan, res, lite, ref = convert_real(yolov8n_onnx, letterboxed, int16=True)
     assert res.outputs[0].dtype == "int16" and res.outputs[0].zero_point == 0
     out, want = lite.values["output0"], ref["output0"]
     assert _corr(out[:, :4], want[:, :4]) > 0.999
