@@ -9,11 +9,10 @@ input (640x640 per detection) and then undoing the letterbox costs a full-resolu
 detection (300 at conf 0.001) and resamples twice. Mapping each original pixel centre
 ``u + 0.5`` to the letterboxed input (``x = (u + 0.5) * gain + pad_x``) and on to the proto grid
 (``x * Wp / W_in - 0.5``) is the same bilinear sample that "upsample to the input, crop the pad,
-resize to the original" would read when ``gain == 1`` (every COCO image: long side 640).
+resize to the original" would read when ``gain == 1`` (e.g. every COCO image with a 640-pixel long side).
 Otherwise the two differ only in edge pixels, because the two-stage path resamples an already
 thresholded mask (``tests/test_runtime_masks.py`` bounds the difference). Only the proto band
-under each box is ever touched: the interpolation is two small separable weight matrices
-(``Wy @ S @ Wx.T``).
+under each box is ever touched, and the bilinear interpolation is separable (rows, then columns).
 
 Cropping keeps the pixels whose centre lies in the box (``x1 <= u + 0.5 < x2``; HAL's
 ``MaskResolution.Scaled`` tiles span the same ``round(x1)..round(x2)``; Ultralytics' ``crop_mask``
@@ -50,20 +49,26 @@ class _Axis:
         i1 = np.clip(i0 + 1, 0, n_proto - 1)
         return cls(i0, i1, frac)
 
-    def weights(self, lo: int, hi: int) -> tuple[np.ndarray, int, int]:
-        """Interpolation matrix for original pixels [lo, hi) and the proto band [b0, b1) it reads."""
-        i0, i1, f = self.i0[lo:hi], self.i1[lo:hi], self.frac[lo:hi]
-        b0, b1 = int(i0.min()), int(i1.max()) + 1
-        w = np.zeros((hi - lo, b1 - b0), np.float32)
-        r = np.arange(hi - lo)
-        w[r, i0 - b0] += 1.0 - f
-        w[r, i1 - b0] += f
-        return w, b0, b1
-
 
 def _pixel_range(lo: float, hi: float, n: int) -> tuple[int, int]:
     """Pixels ``p`` whose centre ``p + 0.5`` lies in ``[lo, hi)``, clipped to [0, n)."""
     return max(0, math.ceil(lo - 0.5)), min(n, math.ceil(hi - 0.5))
+
+
+def _box_mask(protos: np.ndarray, coef: np.ndarray, ys: _Axis, xs: _Axis, rows: slice, cols: slice) -> np.ndarray:
+    """The thresholded mask of one detection over original pixels ``rows`` x ``cols``."""
+    ri0, ri1, fy = ys.i0[rows], ys.i1[rows], ys.frac[rows]
+    ci0, ci1, fx = xs.i0[cols], xs.i1[cols], xs.frac[cols]
+    r0, c0 = int(ri0[0]), int(ci0[0])  # taps are monotonic: the band starts at the first one
+    band = protos[r0 : int(ri1[-1]) + 1, c0 : int(ci1[-1]) + 1]
+    # einsum/gathers rather than BLAS: these products are small and many, and BLAS threading
+    # costs more than it saves on them (several times slower on a busy machine).
+    prob = 1.0 / (1.0 + np.exp(-np.einsum("hwc,c->hw", band, coef)))
+    a = prob[ri0 - r0]
+    a += (prob[ri1 - r0] - a) * fy[:, None]
+    b = a[:, ci0 - c0]
+    b += (a[:, ci1 - c0] - b) * fx
+    return b > 0.5
 
 
 def process_masks(
@@ -92,15 +97,11 @@ def process_masks(
     hp, wp, _ = protos.shape
     ys = _Axis.build(h0, letterbox.gain, letterbox.pad_y, input_hw[0], hp)
     xs = _Axis.build(w0, letterbox.gain, letterbox.pad_x, input_hw[1], wp)
+    coefs = coefs.astype(np.float32, copy=False)
     for k in range(coefs.shape[0]):
         x1, y1, x2, y2 = (float(v) for v in boxes_orig[k])
         u0, u1 = _pixel_range(x1, x2, w0)
         v0, v1 = _pixel_range(y1, y2, h0)
-        if u1 <= u0 or v1 <= v0:
-            continue
-        wy, r0, r1 = ys.weights(v0, v1)
-        wx, c0, c1 = xs.weights(u0, u1)
-        logits = protos[r0:r1, c0:c1] @ coefs[k]
-        prob = 1.0 / (1.0 + np.exp(-logits))
-        out[k, v0:v1, u0:u1] = (wy @ prob @ wx.T) > 0.5
+        if u1 > u0 and v1 > v0:
+            out[k, v0:v1, u0:u1] = _box_mask(protos, coefs[k], ys, xs, slice(v0, v1), slice(u0, u1))
     return out
