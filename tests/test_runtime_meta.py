@@ -194,3 +194,28 @@ def test_preprocess_dtypes(edgefirst_seg_smart: Path) -> None:
     f32 = load(_shared("models", "yolov8n.onnx")).preprocess(img)[0]
     assert f32.dtype == np.float32 and f32.shape == (1, 3, 640, 640)
     np.testing.assert_allclose(f32[0].transpose(1, 2, 0) * 255, u8[0], atol=1e-3)
+
+
+def test_runtime_quantization_wins_over_metadata(edgefirst_seg_smart: Path) -> None:
+    """Like HAL, the runtime tensor's scale/zero point are used; wrong metadata values are ignored."""
+    meta = read_meta(edgefirst_seg_smart)
+    for o in meta.outputs:
+        for p in o.physical:
+            q = p.quantization
+            p.quantization = Quant(q.scale * 3, q.zero_point + 5, q.dtype)
+    img = np.random.default_rng(1).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    img[100:300, 200:400] = 30  # something box-like
+    good = load(edgefirst_seg_smart).predict(img, conf=0.01)
+    bad_meta = load(edgefirst_seg_smart, meta=meta).predict(img, conf=0.01)
+    assert len(good) > 0
+    np.testing.assert_array_equal(good.boxes, bad_meta.boxes)
+    np.testing.assert_array_equal(good.masks, bad_meta.masks)
+
+
+def test_predict_accepts_grey_and_bgra(yolov8n_onnx: Path) -> None:
+    model = load(yolov8n_onnx)
+    grey = np.full((240, 320), 90, np.uint8)
+    assert model.predict(grey).boxes.shape[1] == 4
+    assert model.predict(np.dstack([grey] * 4)).boxes.shape[1] == 4
+    with pytest.raises(ValueError, match="expected a BGR image"):
+        model.predict(np.zeros((4, 4, 5), np.uint8))

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 
 from edgeq.calib.preprocess import Letterbox, letterbox, read_image
@@ -240,7 +241,7 @@ class Model:
         (N, H, W) bool at the original resolution. ``timings_ms`` has preprocess, inference,
         decode (threshold + box decode + NMS) and masks.
         """
-        img = read_image(image) if isinstance(image, (str, Path)) else image
+        img = read_image(image) if isinstance(image, (str, Path)) else _as_bgr(image)
         t0 = time.perf_counter()
         x, lb = self.preprocess(img)
         t1 = time.perf_counter()
@@ -268,6 +269,17 @@ class Model:
             masks=mask_arr,
             timings_ms={k: v * 1e3 for k, v in timings.items()},
         )
+
+
+def _as_bgr(image: np.ndarray) -> np.ndarray:
+    """Accept grey (H, W) / (H, W, 1) and BGRA images as well as BGR."""
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected a BGR image (H, W, 3), got an array of shape {image.shape}")
+    return image
 
 
 def load(path: str | Path, *, threads: int | None = None, meta: ModelMeta | None = None) -> Model:
