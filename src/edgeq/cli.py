@@ -57,7 +57,7 @@ def convert(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Artifact path [default: <model>-<split>-int8.tflite]."),
     split: str = typer.Option("smart", "--split", help="smart: cut at the head's per-scale endpoints (recommended); combined: one concatenated output (upstream baseline)."),
     calib_count: Optional[int] = typer.Option(None, "--calib-count", help="Use only the first N calibration images [default: all]."),
-    calib_method: str = typer.Option("auto", "--calib-method", help="Range setting for activations: auto | minmax | percentile | mse."),
+    calib_method: str = typer.Option("minmax", "--calib-method", help="Range setting for activations: minmax | percentile | mse | auto (least histogram error per tensor)."),
     split_hints: Optional[Path] = typer.Option(None, "--split-hints", help="EdgeFirst split_hints file (JSON/YAML) to check and name the cut."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for calibration."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),

@@ -26,7 +26,7 @@ class ConvertConfig:
 
     split: SplitMode = "smart"
     calib_count: int | None = None
-    calib_method: str = "auto"
+    calib_method: str = "minmax"
     output_method: str = "minmax"
     split_hints: Path | None = None
     threads: int | None = None
