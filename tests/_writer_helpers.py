@@ -64,15 +64,20 @@ def run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray], all_tensors: 
     return out
 
 
+def update_ranges(ranges: dict[str, tuple[float, float]], run: dict[str, np.ndarray]) -> None:
+    """Widen ``ranges`` in place to cover every tensor of one run."""
+    for k, v in run.items():
+        lo, hi = float(v.min()), float(v.max())
+        if k in ranges:
+            lo, hi = min(lo, ranges[k][0]), max(hi, ranges[k][1])
+        ranges[k] = (lo, hi)
+
+
 def ranges_from(runs: Iterable[dict[str, np.ndarray]]) -> dict[str, tuple[float, float]]:
     """Min/max of every tensor over several runs."""
     ranges: dict[str, tuple[float, float]] = {}
     for run in runs:
-        for k, v in run.items():
-            lo, hi = float(v.min()), float(v.max())
-            if k in ranges:
-                lo, hi = min(lo, ranges[k][0]), max(hi, ranges[k][1])
-            ranges[k] = (lo, hi)
+        update_ranges(ranges, run)
     return ranges
 
 
@@ -211,7 +216,8 @@ def local_errors(model: onnx.ModelProto, plan: QuantPlan, lite: LiteRun) -> dict
         consts = {i: g.consts[i] for i in node.input if i and g.is_const(i)}
         single = helper.make_graph(
             [node], "n",
-            [helper.make_tensor_value_info(i, TensorProto.FLOAT, list(lite.values[i].shape)) for i in dict.fromkeys(acts)],
+            [helper.make_tensor_value_info(i, TensorProto.FLOAT, list(lite.values[i].shape))
+             for i in dict.fromkeys(acts)],
             [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs],
             [numpy_helper.from_array(v, k) for k, v in consts.items()],
         )

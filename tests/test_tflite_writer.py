@@ -502,23 +502,34 @@ def letterboxed(calib_dir) -> list[np.ndarray]:
     return [letterbox(read_image(p), (640, 640))[0] for p in paths]
 
 
-_RUNS: dict = {}
+_CALIB: dict = {}
+
+
+def _calibrate(path, model: onnx.ModelProto, images: list[np.ndarray]):
+    """Ranges over ``images`` and the float run of image 0, kept per model so the int8 and int16
+    tests share them (only one ~250 MB run is kept, not one per image)."""
+    from _writer_helpers import ranges_from, update_ranges
+
+    from edgeq.calib.preprocess import to_nchw_float
+
+    if path not in _CALIB:
+        first = run_onnx(model, {"images": to_nchw_float(images[0])})
+        ranges = ranges_from([first])
+        for img in images[1:]:
+            update_ranges(ranges, run_onnx(model, {"images": to_nchw_float(img)}))
+        _CALIB[path] = (ranges, first)
+    return _CALIB[path]
 
 
 def convert_real(path, images, int16: bool = False):
     """Calibrate on ``images`` with onnxruntime, plan, write, run image 0 in LiteRT, check every
     tensor locally; with ``int16`` every activation is int16 (16x8)."""
-    from _writer_helpers import ranges_from
-
-    from edgeq.calib.preprocess import to_nchw_float
     from edgeq.export.tflite.onnx_graph import GraphView
 
     model = onnx.load(path)
-    if path not in _RUNS:  # the int8 and int16 conversions of one model share calibration runs
-        _RUNS[path] = [run_onnx(model, {"images": to_nchw_float(img)}) for img in images]
-    runs = _RUNS[path]
+    ranges, first = _calibrate(path, model, images)
     names = set(GraphView(model).activations()) - {"images"} if int16 else set()
-    plan = plan_from_ranges(model, ranges_from(runs), int16=names)
+    plan = plan_from_ranges(model, ranges, int16=names)
     result = write_tflite(model, plan, description=path.stem)
     assert_fully_integer(result)
     lite = run_tflite(result, images[0].transpose(2, 0, 1)[None])
@@ -529,7 +540,7 @@ def convert_real(path, images, int16: bool = False):
     for out in result.outputs:
         p = plan.activations[out.name]
         assert (out.scale, out.zero_point) == (float(p.scale[0]), int(p.zero_point[0]))
-    return plan, result, lite, runs[0]
+    return plan, result, lite, first
 
 
 @pytest.mark.slow
