@@ -81,7 +81,9 @@ def _head_convs(model) -> list[tuple[str, str, int]]:  # noqa: ANN001 (onnx.Mode
     return pairs
 
 
-def _per_scale_meta(pairs: list[tuple[str, str, int]], shapes: dict[str, tuple[int, ...]], labels: list[str]) -> ModelMeta:
+def _per_scale_meta(
+    pairs: list[tuple[str, str, int]], shapes: dict[str, tuple[int, ...]], labels: list[str]
+) -> ModelMeta:
     """Float NCHW per-scale metadata for the exposed head convs (what a smart float export says)."""
 
     def child(name: str, kind: str, i: int) -> Output:
@@ -115,7 +117,7 @@ def test_per_scale_dfl_matches_onnx_graph(yolov8n_onnx: Path, val_dev: Path, ima
     pairs = _head_convs(model)
     assert len(pairs) == 3
     for b, s, _ in pairs:
-        model.graph.output.extend([onnx.helper.make_empty_tensor_value_info(b), onnx.helper.make_empty_tensor_value_info(s)])
+        model.graph.output.extend([onnx.helper.make_empty_tensor_value_info(n) for n in (b, s)])
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     rgb, _ = letterbox(_image(val_dev, image), (640, 640))
     names = [o.name for o in sess.get_outputs()]
@@ -174,13 +176,14 @@ def test_integer_threshold_per_channel() -> None:
         np.testing.assert_array_equal(c, rc)
 
 
-def test_smart_artifact_integer_decode_equals_dequantized_float_decode(edgefirst_seg_smart: Path, val_dev: Path) -> None:
+def test_smart_int8_decode_equals_dequantized_float_decode(edgefirst_seg_smart: Path, val_dev: Path) -> None:
     """The int8 smart path equals decoding the same tensors dequantized to float32 up front."""
     model = load(edgefirst_seg_smart)
     x, _ = model.preprocess(_image(val_dev))
     raw = model.run(x)
     phys = {p.name: p for o in model.meta.outputs for p in o.physical}
-    real = {n: (a.astype(np.float32) - phys[n].quantization.zero_point) * phys[n].quantization.scale for n, a in raw.items()}
+    quant = {n: phys[n].quantization for n in raw}
+    real = {n: (a.astype(np.float32) - quant[n].zero_point) * quant[n].scale for n, a in raw.items()}
     float_meta = read_meta(edgefirst_seg_smart)
     for o in float_meta.outputs:
         for p in o.physical:

@@ -129,7 +129,8 @@ def test_smart_seg_masks_match_hal(smart: tuple[Model, str]) -> None:
         hb, hs, hc, proto = dec.decode_proto(_hal_tensors(model, outs), max_boxes=300)
         in_h, in_w = model.input_hw
         region = (lb.pad_x / in_w, lb.pad_y / in_h, (in_w - lb.pad_x) / in_w, (in_h - lb.pad_y) / in_h)
-        tiles = processor.materialize_masks(hb, hs, hc, proto, letterbox=region, resolution=hal.MaskResolution.Scaled(w0, h0))
+        scaled = hal.MaskResolution.Scaled(w0, h0)
+        tiles = processor.materialize_masks(hb, hs, hc, proto, letterbox=region, resolution=scaled)
         hal_boxes = lb.to_original(hb * np.array([in_w, in_h, in_w, in_h], np.float32))
         assert len(tiles) == len(masks)
         for k, tile in enumerate(tiles):

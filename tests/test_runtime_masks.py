@@ -18,7 +18,9 @@ from edgeq.runtime.masks import process_masks
 SHARED = Path(os.environ.get("EDGEQ_SHARED", Path(__file__).resolve().parents[1].parent / "shared")) / "data"
 
 
-def _two_stage(protos: np.ndarray, coef: np.ndarray, box_in: np.ndarray, lb: Letterbox, in_hw: tuple[int, int]) -> np.ndarray:
+def _two_stage(
+    protos: np.ndarray, coef: np.ndarray, box_in: np.ndarray, lb: Letterbox, in_hw: tuple[int, int]
+) -> np.ndarray:
     """MODELS.md §5 literally: sigmoid at proto res, bilinear to the input size, crop to the box
     (pixel centres), > 0.5, remove the pad, resize to the original size."""
     prob = 1 / (1 + np.exp(-(protos @ coef)))
@@ -69,7 +71,7 @@ def test_nchw_and_nhwc_protos_agree() -> None:
     protos, coefs = _random_protos(3)
 
     def meta(nhwc: bool) -> ModelMeta:
-        det = Output("det", "detection", [1, 4 + 1 + 32, 2], dshape=[("batch", 1), ("num_features", 37), ("num_boxes", 2)],
+        det = Output("det", "detection", [1, 37, 2], dshape=[("batch", 1), ("num_features", 37), ("num_boxes", 2)],
                      score_format="per_class", normalized=False, dtype="float32")
         shape = [1, 160, 160, 32] if nhwc else [1, 32, 160, 160]
         dshape = ([("batch", 1), ("height", 160), ("width", 160), ("num_protos", 32)] if nhwc
@@ -88,7 +90,8 @@ def test_nchw_and_nhwc_protos_agree() -> None:
         dec = Decoder(meta(nhwc))
         res = dec.decode({"det": det, "protos": np.ascontiguousarray(p)}, conf=0.25)
         np.testing.assert_allclose(res.coefs, coefs[:2], rtol=1e-6)
-        results.append(process_masks(dec.protos({"det": det, "protos": p}), res.coefs, lb.to_original(res.boxes), lb, (640, 640)))
+        protos_hwc = dec.protos({"det": det, "protos": p})
+        results.append(process_masks(protos_hwc, res.coefs, lb.to_original(res.boxes), lb, (640, 640)))
     np.testing.assert_array_equal(results[0], results[1])
     assert results[0].any()
 

@@ -139,7 +139,12 @@ def test_bind_by_name_shape_then_scale(tmp_path: Path) -> None:
         TensorDesc("PartitionedCall:1", (1, 4, 4, 5), "int8", Quant(0.3, 3)),
         TensorDesc("exact", (1, 2, 2, 5), "int8", Quant(0.4, 3)),
     ]
-    meta = _meta(_phys("a", [1, 8, 8, 5], 0.1), _phys("b", [1, 8, 8, 5], 0.2), _phys("c", [1, 4, 4, 5]), _phys("exact", [1, 2, 2, 5]))
+    meta = _meta(
+        _phys("a", [1, 8, 8, 5], 0.1),
+        _phys("b", [1, 8, 8, 5], 0.2),
+        _phys("c", [1, 4, 4, 5]),
+        _phys("exact", [1, 2, 2, 5]),
+    )
     assert bind_outputs(meta, rt, tmp_path / "m") == {"a": 1, "b": 0, "c": 2, "exact": 3}
 
 

@@ -42,7 +42,8 @@ def test_nms_equals_reference(seed: int, aware: bool) -> None:
     boxes, scores = _random_boxes(rng, n)
     cls = rng.integers(0, 4, n) if aware else None
     for iou, max_det in ((0.5, 300), (0.7, 25), (0.3, 1000)):
-        np.testing.assert_array_equal(nms(boxes, scores, iou, max_det, cls), _reference(boxes, scores, iou, max_det, cls))
+        expected = _reference(boxes, scores, iou, max_det, cls)
+        np.testing.assert_array_equal(nms(boxes, scores, iou, max_det, cls), expected)
 
 
 def test_nms_matches_cv2_on_distinct_scores() -> None:

@@ -196,26 +196,11 @@ def synthesize_ultralytics(
         raise ArtifactError(f"{path}: task is 'segment' but no 4-D protos output was found", _HOW_TO_FIX)
     version, fax, nc = _classify_head(det_out, len(names), nm, imgsz, path)
     names = names or [str(i) for i in range(nc)]
-    n_boxes = det_out.shape[3 - fax]
-    dshape = [{"batch": 1}, {"num_features": det_out.shape[fax]}, {"num_boxes": n_boxes}]
-    if fax == 2:
-        dshape = [dshape[0], dshape[2], dshape[1]]
-    detection: dict[str, Any] = {
-        "name": det_out.name,
-        "type": "detection",
-        "decoder": "ultralytics",
-        "shape": list(det_out.shape),
-        "dshape": dshape,
-        "dtype": det_out.dtype,
-        "quantization": det_out.quant.to_json() if det_out.quant else None,
-        "score_format": "obj_x_class" if version == "yolov5" else "per_class",
-        # Ultralytics ONNX boxes are input pixels; its TFLite export divides them by imgsz.
-        "normalized": layout == "nhwc",
-    }
+    # Ultralytics ONNX boxes are input pixels; its TFLite exports divide them by imgsz.
+    detection = _detection_json(det_out, version, fax, normalized=layout == "nhwc")
     outs = [detection]
     if proto_out is not None:
         outs.append(_protos_json(proto_out, imgsz, layout))
-    in_shape = list(inputs[0].shape)
     d = {
         "schema_version": 2,
         "decoder_version": version,
@@ -224,7 +209,7 @@ def synthesize_ultralytics(
         "description": str(props.get("description", "")),
         "author": str(props.get("author", "")),
         "dataset": {"classes": names},
-        "input": {"shape": in_shape, "cameraadaptor": "rgb"},
+        "input": {"shape": list(inputs[0].shape), "cameraadaptor": "rgb"},
         "model": {"task": "segmentation" if proto_out is not None else "detection"},
         "validation": {"preprocessing": "letterbox", "normalization": "unsigned"},
         "outputs": outs,
@@ -232,6 +217,22 @@ def synthesize_ultralytics(
     meta = ModelMeta.from_json(d)
     meta.input_dtype = inputs[0].dtype
     return meta
+
+
+def _detection_json(det: TensorDesc, version: str, fax: int, normalized: bool) -> dict[str, Any]:
+    """The ``detection`` output entry for a flat prediction tensor with features on axis ``fax``."""
+    dshape = [{"batch": 1}, {"num_features": det.shape[fax]}, {"num_boxes": det.shape[3 - fax]}]
+    return {
+        "name": det.name,
+        "type": "detection",
+        "decoder": "ultralytics",
+        "shape": list(det.shape),
+        "dshape": dshape if fax == 1 else [dshape[0], dshape[2], dshape[1]],
+        "dtype": det.dtype,
+        "quantization": det.quant.to_json() if det.quant else None,
+        "score_format": "obj_x_class" if version == "yolov5" else "per_class",
+        "normalized": normalized,
+    }
 
 
 def _split_outputs(outputs: list[TensorDesc], path: Path) -> tuple[TensorDesc, TensorDesc | None]:

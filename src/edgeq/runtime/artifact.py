@@ -87,7 +87,12 @@ class OnnxBackend:
         return self.sess.run(None, {self._in_name: x})
 
 
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+}
 
 
 def _ort_desc(v: Any) -> TensorDesc:

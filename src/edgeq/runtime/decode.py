@@ -232,12 +232,6 @@ def xywh2xyxy(b: np.ndarray) -> np.ndarray:
     return np.concatenate([b[:, :2] - half, b[:, :2] + half], axis=1).astype(np.float32)
 
 
-_BOX_DECODERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "dfl": dfl_distances,
-    "ltrb": lambda x: x,  # YOLO26: distances already in grid units
-}
-
-
 # ----------------------------------------------------------------------------- results
 
 
@@ -285,7 +279,7 @@ def _activation_of(logical: Output, child: Output | None = None) -> str | None:
 
 @dataclass(frozen=True)
 class Level:
-    """One FPN level of a per-scale head."""
+    """One FPN level of a per-scale head; ``offset`` is its first global anchor index."""
 
     stride: tuple[float, float]
     height: int
@@ -294,6 +288,17 @@ class Level:
     boxes: Field
     scores: Field
     coefs: Field | None
+    activation: str | None
+
+
+# Box encodings of per-scale heads: (real box features of anchors ``idx``, idx, level) -> xyxy px.
+# An anchor-based encoding (YOLOv5 per-scale, ``encoding: anchor``) plugs in here once Level
+# carries its anchors and rows are split per anchor (H*W*na rows of 5+nc features).
+BoxDecoder = Callable[[np.ndarray, np.ndarray, Level], np.ndarray]
+_BOX_DECODERS: dict[str, BoxDecoder] = {
+    "dfl": lambda v, idx, lv: dist2bbox(dfl_distances(v), idx, lv.width, lv.stride),
+    "ltrb": lambda v, idx, lv: dist2bbox(v, idx, lv.width, lv.stride),  # YOLO26: grid-unit distances
+}
 
 
 class PerScaleHead:
@@ -310,49 +315,32 @@ class PerScaleHead:
                 "export the model with a DFL head, or use a combined 'detection' output",
             )
         coefs = meta.output("mask_coefs")
-        in_h, in_w = meta.imgsz
-        self.nc = len(meta.labels) or None
         self.levels: list[Level] = []
-        self.activations: list[str | None] = []
         offset = 0
         for b_out, s_out, c_out in _pair_levels(boxes, scores, coefs):
-            stride = _stride_of(b_out)
-            grid = (round(in_h / stride[1]), round(in_w / stride[0]))
-            bfax = feature_axis(b_out, None, grid)
-            h, w = grid_of(b_out, bfax)
-            level = Level(
-                stride=stride,
-                height=h,
-                width=w,
-                offset=offset,
-                boxes=_make_field(b_out, _q(quant, b_out), bfax),
-                scores=_make_field(s_out, _q(quant, s_out), feature_axis(s_out, self.nc, grid)),
-                coefs=None if c_out is None else _make_field(c_out, _q(quant, c_out), feature_axis(c_out, None, grid)),
-            )
+            level = _build_level(meta, quant, offset, (b_out, s_out, c_out), _activation_of(scores, s_out))
             self.levels.append(level)
-            self.activations.append(_activation_of(scores, s_out))
-            offset += h * w
+            offset += level.height * level.width
         self.num_anchors = offset
-        self.has_coefs = all(lv.coefs is not None for lv in self.levels) and coefs is not None
+        self.has_coefs = coefs is not None and all(lv.coefs is not None for lv in self.levels)
 
     def candidates(self, outputs: Arrays, conf: float, multi_label: bool) -> Candidates:
         parts = []
-        for level, act in zip(self.levels, self.activations):
+        decode_boxes = _BOX_DECODERS[self.encoding]
+        for level in self.levels:
             srows = level.scores.rows(outputs)
-            idx = candidate_anchors(level.scores, srows, conf, act)
+            idx = candidate_anchors(level.scores, srows, conf, level.activation)
             if idx.size == 0:
                 continue
-            sc = _activate(level.scores.values(srows[idx]), act)
-            r, cls, s = select_scores(sc, conf, multi_label)
+            r, cls, s = select_scores(_activate(level.scores.values(srows[idx]), level.activation), conf, multi_label)
             if r.size == 0:
                 continue
             anchors = idx[r]
+            # Multi-label repeats anchors: decode each box once.
             uniq, inv = np.unique(anchors, return_inverse=True) if multi_label else (anchors, None)
-            dist = _BOX_DECODERS[self.encoding](level.boxes.values(level.boxes.rows(outputs)[uniq]))
-            xyxy = dist2bbox(dist, uniq, level.width, level.stride)
-            if inv is not None:
-                xyxy = xyxy[inv]
-            parts.append(Candidates(xyxy, s.astype(np.float32), cls, anchors + level.offset))
+            xyxy = decode_boxes(level.boxes.values(level.boxes.rows(outputs)[uniq]), uniq, level)
+            boxes = xyxy if inv is None else xyxy[inv]
+            parts.append(Candidates(boxes, s.astype(np.float32), cls, anchors + level.offset))
         return Candidates.concat(parts)
 
     def coefs(self, outputs: Arrays, rows: np.ndarray) -> np.ndarray | None:
@@ -370,6 +358,33 @@ class PerScaleHead:
                 out = np.zeros((rows.shape[0], vals.shape[1]), np.float32)
             out[sel] = vals
         return out if out is not None else np.zeros((0, 0), np.float32)
+
+
+def _build_level(
+    meta: ModelMeta,
+    quant: Mapping[str, Quant | None],
+    offset: int,
+    children: tuple[Output, Output, Output | None],
+    activation: str | None,
+) -> Level:
+    """Bind one level's boxes/scores/coefs children (layout from dshape or the stride's grid)."""
+    b_out, s_out, c_out = children
+    in_h, in_w = meta.imgsz
+    stride = _stride_of(b_out)
+    grid = (round(in_h / stride[1]), round(in_w / stride[0]))
+    bfax = feature_axis(b_out, None, grid)
+    h, w = grid_of(b_out, bfax)
+    nc = len(meta.labels) or None
+    return Level(
+        stride=stride,
+        height=h,
+        width=w,
+        offset=offset,
+        boxes=_make_field(b_out, _q(quant, b_out), bfax),
+        scores=_make_field(s_out, _q(quant, s_out), feature_axis(s_out, nc, grid)),
+        coefs=None if c_out is None else _make_field(c_out, _q(quant, c_out), feature_axis(c_out, None, grid)),
+        activation=activation,
+    )
 
 
 def _q(quant: Mapping[str, Quant | None], out: Output) -> Quant | None:
