@@ -59,7 +59,7 @@ def _run(model: Model, image: Path):
     img = read_image(image)
     x, lb = model.preprocess(img)
     outs = model.backend.run(x)
-    raw = {name: outs[i] for name, i in model._binding.items()}
+    raw = {name: outs[i] for name, i in model.binding.items()}
     return img, lb, outs, raw
 
 

@@ -174,16 +174,24 @@ def _effective_quant(p: Output, t: TensorDesc, path: Path) -> Quant | None:
 
 
 class Model:
-    """A loaded model plus its metadata; implements the :class:`~edgeq.runtime.types.Predictor` protocol."""
+    """A loaded model plus its metadata; implements the :class:`~edgeq.runtime.types.Predictor` protocol.
+
+    Attributes:
+        meta: the model's metadata.
+        backend: the inference engine (``inputs``/``outputs`` describe its tensors).
+        binding: metadata physical output name -> index into ``backend.outputs``.
+        decoder: the :class:`~edgeq.runtime.decode.Decoder` built for this model.
+        input_hw: model input (height, width).
+    """
 
     def __init__(self, path: Path, backend: Backend, meta: ModelMeta) -> None:
         self.path = path
         self.name = path.stem
         self.meta = meta
         self.backend = backend
-        self._binding = bind_outputs(meta, backend.outputs, path)
+        self.binding = bind_outputs(meta, backend.outputs, path)
         phys = {p.name: p for o in meta.outputs for p in o.physical}
-        quant = {n: _effective_quant(phys[n], backend.outputs[i], path) for n, i in self._binding.items()}
+        quant = {n: _effective_quant(phys[n], backend.outputs[i], path) for n, i in self.binding.items()}
         self.decoder = Decoder(meta, quant)
         self._input = backend.inputs[0]
         self._nhwc = self._input.shape[-1] in (1, 3, 4) and self._input.shape[1] not in (1, 3, 4)
@@ -228,7 +236,7 @@ class Model:
     def run(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
         """Raw outputs keyed by the metadata's physical output names."""
         outs = self.backend.run(tensor)
-        return {name: outs[i] for name, i in self._binding.items()}
+        return {name: outs[i] for name, i in self.binding.items()}
 
     def predict(
         self,
