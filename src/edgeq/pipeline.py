@@ -150,6 +150,31 @@ def default_output(model_path: Path, config: ConvertConfig) -> Path:
     return model_path.with_name(f"{model_path.stem}-{config.split}-int8.tflite")
 
 
+def export_artifact(
+    prep: Prepared,
+    hists: dict[str, StreamingHistogram],
+    calib_set: CalibrationSet,
+    out_path: Path,
+    config: ConvertConfig,
+) -> ConversionResult:
+    """Plan, write and embed metadata from calibration statistics (the stages after calibrate)."""
+    from edgeq.export.tflite import write_tflite
+
+    info = prep.loaded.info
+    plan = make_plan(prep.graph, hists, config)
+    written = write_tflite(prep.graph, plan, description=f"edgeq {config.split} int8")
+    if prep.head is not None:
+        outputs = smart_outputs(prep.head, written.outputs)
+    else:
+        outputs = combined_outputs(info, written.outputs, prep.normalized_boxes)
+    name = prep.loaded.path.stem
+    meta = build_meta(info, outputs, written.inputs[0], _provenance(prep, calib_set, plan, config), name=name)
+    files = metadata_files(meta.to_json(), meta.labels)
+    _write_atomic(out_path, append_zip(written.buffer, files))
+    log.info("wrote %s", out_path)
+    return ConversionResult(out_path, meta, plan, prep.head, prep.graph)
+
+
 def convert(
     model_path: str | Path,
     calib: str | Path,
@@ -168,25 +193,12 @@ def convert(
         config: conversion settings.
         progress: show progress bars.
     """
-    from edgeq.export.tflite import write_tflite
-
     model_path = Path(model_path)
     out_path = Path(output) if output else default_output(model_path, config)
     prep = prepare(model_path, config)
     calib_set = calibration_set(calib, count=config.calib_count)
-    info = prep.loaded.info
-    hists = calibrate(prep.graph, calib_set, info.imgsz, config, progress)
-    plan = make_plan(prep.graph, hists, config)
-    written = write_tflite(prep.graph, plan, description=f"edgeq {config.split} int8")
-    if prep.head is not None:
-        outputs = smart_outputs(prep.head, written.outputs)
-    else:
-        outputs = combined_outputs(info, written.outputs, prep.normalized_boxes)
-    meta = build_meta(info, outputs, written.inputs[0], _provenance(prep, calib_set, plan, config), name=model_path.stem)
-    files = metadata_files(meta.to_json(), meta.labels)
-    _write_atomic(out_path, append_zip(written.buffer, files))
-    log.info("wrote %s", out_path)
-    return ConversionResult(out_path, meta, plan, prep.head, prep.graph)
+    hists = calibrate(prep.graph, calib_set, prep.loaded.info.imgsz, config, progress)
+    return export_artifact(prep, hists, calib_set, out_path, config)
 
 
-__all__ = ["convert", "prepare", "calibrate", "make_plan", "ConversionResult", "EdgeqError"]
+__all__ = ["convert", "prepare", "calibrate", "make_plan", "export_artifact", "ConversionResult", "EdgeqError"]
