@@ -75,7 +75,7 @@ class Summary:
     mean: float
 
     @classmethod
-    def of(cls, ms: Sequence[float]) -> "Summary":
+    def of(cls, ms: Sequence[float]) -> Summary:
         a = np.asarray(ms, np.float64)
         return cls(int(a.size), float(np.median(a)), float(np.percentile(a, 90)), float(a.mean()))
 

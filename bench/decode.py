@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 CONFS = (0.25, 0.001)
 IOU, MAX_DET = 0.7, 300
@@ -107,9 +107,9 @@ def bench_artifact(path: Path, images: list[np.ndarray], repeats: int, threads: 
         for conf in CONFS:
             case, hd = cases[conf], decoders[conf]
             for _ in range(repeats):
-                res, ms = C.timed(lambda: model.decoder.decode(raw, conf=conf, iou=IOU, max_det=MAX_DET))
+                res, ms = C.timed(lambda raw=raw, conf=conf: model.decoder.decode(raw, conf=conf, iou=IOU, max_det=MAX_DET))
                 case.edgeq_ms.append(ms)
-                hres, ms = C.timed(lambda: hd.decode_proto(tensors, max_boxes=MAX_DET))
+                hres, ms = C.timed(lambda hd=hd, tensors=tensors: hd.decode_proto(tensors, max_boxes=MAX_DET))
                 case.hal_ms.append(ms)
             hb, hs, hc = np.asarray(hres[0], np.float32), np.asarray(hres[1]), np.asarray(hres[2]).astype(np.int64)
             if hd.normalized_boxes or (hd.normalized_boxes is None and hb.size and hb.max() <= 2.0):

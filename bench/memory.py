@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 SCALES = (0.85, 0.92, 1.08, 1.15)
 BRIGHTNESS = (-20, 10, -10, 20)

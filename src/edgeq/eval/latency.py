@@ -37,7 +37,7 @@ class Stats:
     max: float
 
     @classmethod
-    def of(cls, samples_ms: Sequence[float]) -> "Stats":
+    def of(cls, samples_ms: Sequence[float]) -> Stats:
         a = np.asarray(samples_ms, dtype=np.float64)
         if a.size == 0:
             raise EdgeqError("no latency samples to summarize")
@@ -150,7 +150,7 @@ def measure_latency(
         images, images_label = [synthetic_image()], "synthetic 640x480"
     samples: dict[str, list[float]] = {s: [] for s in STAGES}
     n_det = 0
-    settings = dict(conf=conf, iou=iou, max_det=max_det, masks=masks)
+    settings = {"conf": conf, "iou": iou, "max_det": max_det, "masks": masks}
     for i in range(warmup + runs):
         img = images[i % len(images)]
         t0 = time.perf_counter()
@@ -199,4 +199,4 @@ def print_latency(result: LatencyResult, console: Any = None) -> None:
     console.print(f"  [dim]{result.detections:.1f} detections per call at conf {result.settings['conf']}[/]")
 
 
-__all__ = ["LatencyResult", "STAGES", "Stats", "load_images", "measure_latency", "print_latency", "synthetic_image"]
+__all__ = ["STAGES", "LatencyResult", "Stats", "load_images", "measure_latency", "print_latency", "synthetic_image"]

@@ -212,8 +212,10 @@ def profile_onnx(
         by_type=by_type,
         by_node=by_node,
         notes=[
-            f"onnxruntime {ort.__version__} CPUExecutionProvider profiler; node names are the optimized graph's"
-            " (fused nodes such as QuickGelu = SiLU appear under their fused name)",
+            (
+                f"onnxruntime {ort.__version__} CPUExecutionProvider profiler; node names are the optimized graph's"
+                " (fused nodes such as QuickGelu = SiLU appear under their fused name)"
+            ),
         ],
     )
 
@@ -309,6 +311,14 @@ class _LiteRt:
         lib.LiteRtCreateOpaqueOptions.argtypes = [ctypes.c_char_p, vp, vp, ctypes.POINTER(vp)]
         lib.LiteRtGetProfileSummary.argtypes = [vp, vp, ctypes.POINTER(ctypes.c_char_p)]
         lib.LiteRtLockTensorBuffer.argtypes = [vp, ctypes.POINTER(vp), ctypes.c_int]
+        # LiteRtParamIndex is size_t: declare it so indices are passed as 64-bit values.
+        size, pvp = ctypes.c_size_t, ctypes.POINTER(vp)
+        lib.LiteRtGetModelSignature.argtypes = [vp, size, pvp]
+        lib.LiteRtGetSignatureInputTensorByIndex.argtypes = [vp, size, pvp]
+        lib.LiteRtGetSignatureOutputTensorByIndex.argtypes = [vp, size, pvp]
+        lib.LiteRtGetCompiledModelInputBufferRequirements.argtypes = [vp, size, size, pvp]
+        lib.LiteRtGetCompiledModelOutputBufferRequirements.argtypes = [vp, size, size, pvp]
+        lib.LiteRtRunCompiledModel.argtypes = [vp, size, size, pvp, size, pvp]
         for fn in ("LiteRtDestroyTensorBuffer", "LiteRtDestroyCompiledModel", "LiteRtDestroyOptions", "LiteRtDestroyModel", "LiteRtDestroyEnvironment"):
             getattr(lib, fn).argtypes = [vp]
             getattr(lib, fn).restype = None
@@ -390,8 +400,8 @@ class _LiteRt:
             self.lib.LiteRtUnlockTensorBuffer(self.inputs[index])
 
     def run(self) -> None:
-        arr_in = (ctypes.c_void_p * len(self.inputs))(*self.inputs)
-        arr_out = (ctypes.c_void_p * len(self.outputs))(*self.outputs)
+        arr_in = (ctypes.c_void_p * len(self.inputs))(*(b.value for b in self.inputs))
+        arr_out = (ctypes.c_void_p * len(self.outputs))(*(b.value for b in self.outputs))
         self._check(self.lib.LiteRtRunCompiledModel(self.compiled, 0, len(self.inputs), arr_in, len(self.outputs), arr_out), "RunCompiledModel")
 
     def start(self) -> None:
@@ -440,7 +450,7 @@ def _tflite_node_names(path: Path) -> dict[int, tuple[str, str]]:
         interp = Interpreter(model_path=str(path))
     names = {d["index"]: d["name"] for d in interp.get_tensor_details()}
     out: dict[int, tuple[str, str]] = {}
-    for op in interp._get_ops_details():  # noqa: SLF001 - the only per-node listing LiteRT offers
+    for op in interp._get_ops_details():
         outs = [int(i) for i in op["outputs"]]
         out[int(op["index"])] = (str(op["op_name"]), names.get(outs[0], "?") if outs else "?")
     return out
