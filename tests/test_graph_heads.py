@@ -44,7 +44,17 @@ def test_edgefirst_graph_variant_is_found():
     assert head.strides == (8, 16, 32) and len(head.endpoints) == 6
 
 
-@pytest.mark.parametrize("name", ["yolov5n.onnx", "yolox_nano.onnx"])
+def test_yolov5_anchor_head_and_anchors_from_graph():
+    m = load_model(shared_path("models", "yolov5n.onnx"))
+    head = discover_head(m.model, m.info)
+    assert head.family == "yolov5" and head.nc == 80 and head.strides == (8, 16, 32)
+    assert [e.shape for e in head.endpoints] == [(1, 255, 80, 80), (1, 255, 40, 40), (1, 255, 20, 20)]
+    # YOLOv5's default COCO anchors, read from the anchor_grid constants of the decode tail
+    assert head.anchors[0] == ((10, 13), (16, 30), (33, 23))
+    assert head.anchors[2] == ((116, 90), (156, 198), (373, 326))
+
+
+@pytest.mark.parametrize("name", ["yolox_nano.onnx"])
 def test_unknown_head_says_what_to_do(name):
     m = load_model(shared_path("models", name))
     with pytest.raises(HeadNotFoundError) as e:

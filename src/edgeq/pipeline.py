@@ -24,7 +24,7 @@ from edgeq.graph.cut import cut_at_head
 from edgeq.graph.heads import HeadSpec, apply_split_hints, discover_head
 from edgeq.graph.load import LoadedModel, load_model
 from edgeq.graph.passes.normalize_boxes import normalize_boxes
-from edgeq.meta.build import build_meta, combined_outputs, smart_outputs
+from edgeq.meta.build import build_meta, combined_family, combined_outputs, smart_outputs
 from edgeq.meta.embed import append_zip, metadata_files
 from edgeq.meta.schema import ModelMeta
 from edgeq.quant.build import plan_from_ranges
@@ -164,11 +164,13 @@ def export_artifact(
     plan = make_plan(prep.graph, hists, config)
     written = write_tflite(prep.graph, plan, description=f"edgeq {config.split} int8")
     if prep.head is not None:
+        family = prep.head.family
         outputs = smart_outputs(prep.head, written.outputs)
     else:
-        outputs = combined_outputs(info, written.outputs, prep.normalized_boxes)
+        family = combined_family(written.outputs[0].shape)
+        outputs = combined_outputs(info, written.outputs, prep.normalized_boxes, family)
     name = prep.loaded.path.stem
-    meta = build_meta(info, outputs, written.inputs[0], _provenance(prep, calib_set, plan, config), name=name)
+    meta = build_meta(info, outputs, written.inputs[0], _provenance(prep, calib_set, plan, config), name=name, decoder_version=family)
     files = metadata_files(meta.to_json(), meta.labels)
     _write_atomic(out_path, append_zip(written.buffer, files))
     log.info("wrote %s", out_path)

@@ -54,6 +54,7 @@ class HeadSpec:
     strides: tuple[int, ...]
     endpoints: tuple[Endpoint, ...]
     nm: int = 0
+    anchors: tuple[tuple[tuple[float, float], ...], ...] = ()  # per level, (w, h) in input pixels
 
     def of_kind(self, kind: str) -> list[Endpoint]:
         return [e for e in self.endpoints if e.kind == kind]
@@ -160,7 +161,7 @@ def _protos(topo: Topology, info: ModelInfo) -> list[Endpoint]:
 
 
 def _sort(endpoints: list[Endpoint]) -> tuple[Endpoint, ...]:
-    order = {"boxes": 0, "scores": 1, "mask_coefs": 2, "protos": 3}
+    order = {"detection": 0, "boxes": 0, "scores": 1, "mask_coefs": 2, "protos": 3}
     return tuple(sorted(endpoints, key=lambda e: (order[e.kind], e.scale_index or 0)))
 
 
@@ -173,7 +174,10 @@ def discover_head(model: onnx.ModelProto, info: ModelInfo) -> HeadSpec:
     topo = Topology.of(model)
     reg_max = _find_reg_max(topo)
     if reg_max is None:
-        raise _not_found(topo, "no DFL (Softmax + fixed arange 1x1 Conv) in the decode tail")
+        anchor_head = _anchor_head(topo, info)
+        if anchor_head is not None:
+            return anchor_head
+        raise _not_found(topo, "no DFL (Softmax + fixed arange 1x1 Conv) and no YOLOv5 anchor grid in the decode tail")
     endpoints = _dfl_endpoints(topo, info, reg_max)
     kinds = {e.kind for e in endpoints}
     if not {"boxes", "scores"} <= kinds:
@@ -194,6 +198,67 @@ def discover_head(model: onnx.ModelProto, info: ModelInfo) -> HeadSpec:
         strides=strides,
         endpoints=_sort(endpoints + protos),
         nm=protos[0].shape[1] if protos else 0,
+    )
+
+
+def _descendants(topo: Topology, tensor: str, depth: int) -> list[onnx.NodeProto]:
+    found, frontier = [], [tensor]
+    for _ in range(depth):
+        nxt = []
+        for t in frontier:
+            for n in topo.consumers.get(t, []):
+                found.append(n)
+                nxt.extend(n.output)
+        frontier = nxt
+    return found
+
+
+def _anchor_grid(topo: Topology, head_5d: str, na: int) -> tuple[tuple[float, float], ...] | None:
+    """Anchor (w, h) in pixels from the ``(2*sigmoid(twh))**2 * anchor_grid`` Mul of the tail."""
+    for node in _descendants(topo, head_5d, 8):
+        if node.op_type != "Mul":
+            continue
+        for a, b in (node.input, node.input[::-1]):
+            grid = topo.const(b)
+            src = topo.producer.get(a)
+            if grid is None or src is None or src.op_type != "Pow" or grid.shape[-1] != 2 or grid.size < 2 * na:
+                continue
+            per_anchor = grid.reshape(na, -1, 2)[:, 0]  # [1, na, H, W, 2]: same (w, h) on every cell
+            return tuple((float(w), float(h)) for w, h in per_anchor)
+    return None
+
+
+def _anchor_head(topo: Topology, info: ModelInfo) -> HeadSpec | None:
+    """A YOLOv5-style head: per level a conv ``[1, na*(5+nc), H, W]`` reshaped to ``[1, na, 5+nc, H, W]``."""
+    levels = []
+    for out in topo.graph.output:
+        for t in _tail_inputs(topo, out.name):
+            reshape = next((n for n in topo.consumers.get(t, []) if n.op_type == "Reshape"), None)
+            shape5 = topo.shapes.get(reshape.output[0]) if reshape is not None else None
+            if not shape5 or len(shape5) != 5 or not _is_grid(topo.shapes[t], info.imgsz):
+                continue
+            na, no = shape5[1], shape5[2]
+            anchors = _anchor_grid(topo, reshape.output[0], na)
+            if anchors is None or no < 6:
+                continue
+            levels.append((topo.shapes[t][2], t, anchors, no))
+    if not levels:
+        return None
+    levels.sort(key=lambda lv: -lv[0])
+    nc = levels[0][3] - 5
+    if info.names and len(info.names) != nc:
+        raise _not_found(topo, f"anchor head has {nc} classes but metadata names {len(info.names)}")
+    endpoints = tuple(
+        Endpoint(t, "detection", f"detection_{i}", topo.shapes[t], info.imgsz[0] // h, i) for i, (h, t, _, _) in enumerate(levels)
+    )
+    return HeadSpec(
+        family="yolov5",
+        task="detect",
+        nc=nc,
+        reg_max=0,
+        strides=tuple(e.stride for e in endpoints),
+        endpoints=endpoints,
+        anchors=tuple(a for _, _, a, _ in levels),
     )
 
 

@@ -9,7 +9,13 @@ from edgeq.graph.heads import HeadSpec
 from edgeq.graph.load import ModelInfo
 from edgeq.meta.schema import ModelMeta, Output, Quant
 
-_DSHAPE_FEATURE = {"boxes": "num_features", "scores": "num_features", "mask_coefs": "num_features", "protos": "num_protos"}
+_DSHAPE_FEATURE = {
+    "boxes": "num_features",
+    "scores": "num_features",
+    "mask_coefs": "num_features",
+    "protos": "num_protos",
+    "detection": "num_anchors_x_features",
+}
 
 
 class TensorLike(Protocol):
@@ -40,8 +46,38 @@ def _physical(t: TensorLike, kind: str, stride: int | None, scale_index: int | N
     )
 
 
+def anchor_outputs(head: HeadSpec, tensors: Sequence[TensorLike], layout: str = "nhwc") -> list[Output]:
+    """YOLOv5 per-scale raw head: one logical ``detection`` (anchor encoding) with a child per level.
+
+    Each child is ``[1, H, W, na*(5+nc)]`` raw logits, anchor-major (``a*(5+nc) + k``): cx, cy,
+    w, h, objectness, classes; decoded as ``xy = (2*sig - 0.5 + grid) * stride``,
+    ``wh = (2*sig)**2 * anchor`` with the anchors (pixels) listed per level.
+    """
+    by_name = {t.name: t for t in tensors}
+    eps = head.of_kind("detection")
+    total = sum(e.shape[2] * e.shape[3] * len(head.anchors[0]) for e in eps)
+    no = 5 + head.nc
+    return [
+        Output(
+            name="detection",
+            type="detection",
+            shape=[1, total, no],
+            dshape=[("batch", 1), ("num_boxes", total), ("num_features", no)],
+            decoder="ultralytics",
+            encoding="anchor",
+            score_format="obj_x_class",
+            normalized=False,
+            anchors=[[list(a) for a in level] for level in head.anchors],
+            activation_required="sigmoid",
+            children=[_physical(by_name[e.name], "detection", e.stride, e.scale_index, layout) for e in eps],
+        )
+    ]
+
+
 def smart_outputs(head: HeadSpec, tensors: Sequence[TensorLike], layout: str = "nhwc") -> list[Output]:
     """Logical outputs (boxes, scores, mask_coefs) with per-scale children, plus protos."""
+    if head.family == "yolov5":
+        return anchor_outputs(head, tensors, layout)
     by_name = {t.name: t for t in tensors}
     total = sum(e.shape[2] * e.shape[3] for e in head.of_kind("boxes"))
     widths = {"boxes": 4, "scores": head.nc, "mask_coefs": head.nm}
@@ -69,17 +105,23 @@ def smart_outputs(head: HeadSpec, tensors: Sequence[TensorLike], layout: str = "
     return outputs
 
 
-def combined_outputs(info: ModelInfo, tensors: Sequence[TensorLike], normalized: bool) -> list[Output]:
-    """The monolithic layout: one ``detection`` tensor [1, 4+nc(+nm), N] (+ protos)."""
+def combined_family(shape: Sequence[int]) -> str:
+    """YOLOv5 exports are ``[1, N, 5+nc]`` (anchors first), YOLOv8/11 ``[1, 4+nc(+nm), N]``."""
+    return "yolov5" if shape[1] > shape[2] else "yolov8"
+
+
+def combined_outputs(info: ModelInfo, tensors: Sequence[TensorLike], normalized: bool, family: str = "yolov8") -> list[Output]:
+    """The monolithic layout: one ``detection`` tensor [1, 4+nc(+nm), N] (+ protos), or YOLOv5's [1, N, 5+nc]."""
     det = tensors[0]
+    names = ("num_boxes", "num_features") if family == "yolov5" else ("num_features", "num_boxes")
     outputs = [
         Output(
             name=det.name,
             type="detection",
             shape=list(det.shape),
-            dshape=[("batch", 1), ("num_features", det.shape[1]), ("num_boxes", det.shape[2])],
+            dshape=[("batch", 1), (names[0], det.shape[1]), (names[1], det.shape[2])],
             decoder="ultralytics",
-            score_format="per_class",
+            score_format="obj_x_class" if family == "yolov5" else "per_class",
             normalized=normalized,
             dtype=det.dtype,
             quantization=Quant(scale=float(det.scale), zero_point=int(det.zero_point), dtype=det.dtype),
@@ -97,6 +139,7 @@ def build_meta(
     provenance: dict[str, Any],
     *,
     name: str,
+    decoder_version: str = "yolov8",
 ) -> ModelMeta:
     """The complete metadata of a converted artifact (deterministic: no timestamps)."""
     raw: dict[str, Any] = {
@@ -116,7 +159,7 @@ def build_meta(
         "edgeq": {"version": __version__, **provenance},
     }
     return ModelMeta(
-        decoder_version="yolov8",
+        decoder_version=decoder_version,
         task=info.task,
         labels=list(info.names),
         input_shape=list(input_tensor.shape),

@@ -20,8 +20,8 @@ Quantized tensors are thresholded in the integer domain: the candidate test ``ma
 runs on the raw int8/uint8 array, where ``q_thr`` is the smallest code that can dequantize (and
 activate) above ``conf``. It is conservative by at most one code, and survivors are re-checked
 exactly in float, so the result equals "dequantize everything, then threshold" while only the
-candidates are ever dequantized. Anchor-based per-scale heads (``encoding: anchor``) are not
-decoded yet; ``_BOX_DECODERS`` is where such an encoding plugs in.
+candidates are ever dequantized. Anchor-based per-scale heads (``encoding: anchor``, YOLOv5) are
+decoded by ``anchor_head.AnchorHead``.
 """
 from __future__ import annotations
 
@@ -555,7 +555,15 @@ class Decoder:
     def __init__(self, meta: ModelMeta, quant: Mapping[str, Quant | None] | None = None) -> None:
         quant = dict(quant or {})
         self.meta = meta
-        self.head: PerScaleHead | FlatHead = PerScaleHead(meta, quant) if is_per_scale(meta) else FlatHead(meta, quant)
+        from edgeq.runtime.anchor_head import AnchorHead, is_anchor_head  # imports this module
+
+        self.head: PerScaleHead | FlatHead | AnchorHead
+        if is_per_scale(meta):
+            self.head = PerScaleHead(meta, quant)
+        elif is_anchor_head(meta):
+            self.head = AnchorHead(meta, quant)
+        else:
+            self.head = FlatHead(meta, quant)
         protos = meta.output("protos")
         self.protos_out = protos
         self.protos_quant = _q(quant, protos) if protos is not None else None
@@ -563,7 +571,7 @@ class Decoder:
     @property
     def segments(self) -> bool:
         """Whether the head produces mask coefficients and protos."""
-        coef = self.head.has_coefs if isinstance(self.head, PerScaleHead) else self.head.coef_field is not None
+        coef = self.head.coef_field is not None if isinstance(self.head, FlatHead) else self.head.has_coefs
         return coef and self.protos_out is not None
 
     def decode(
