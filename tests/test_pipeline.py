@@ -144,3 +144,26 @@ def test_non_onnx_model_fails_clearly(tmp_path, calib_dir):
     with pytest.raises(ModelError, match="not a valid ONNX"):
         convert(fake, calib_dir, tmp_path / "o.tflite", progress=False)
     assert not (tmp_path / "o.tflite").exists()
+
+
+@pytest.mark.parametrize("fixture", ["smart_det", "smart_seg"])
+def test_edgefirst_hal_decodes_our_artifact_like_we_do(fixture, request, val_dev):
+    """EdgeFirst's own decoder, fed our embedded edgefirst.json, finds the same detections."""
+    pytest.importorskip("edgefirst_hal", reason="edgefirst-hal is not installed (pip install edgefirst-hal)")
+    from test_runtime_hal import _hal_decoder, _hal_tensors, _matched, _run
+
+    from edgeq.runtime import load
+
+    res = request.getfixturevalue(fixture)
+    model = load(res.path)
+    dec = _hal_decoder(zipfile.ZipFile(res.path).read("edgefirst.json").decode(), 0.25)
+    total = 0
+    for image in sorted((val_dev / "images").glob("*.jpg"))[:5]:
+        _, _, outs, raw = _run(model, image)
+        ours = model.decoder.decode(raw, conf=0.25, iou=0.7, agnostic=True)
+        hb, hs, hc, _ = dec.decode(_hal_tensors(model, outs), max_boxes=300)
+        hb = hb * np.array(model.input_hw[::-1] * 2, np.float32)
+        assert len(hs) == len(ours.scores), image.name
+        assert _matched(ours, hb, hs, hc).all(), f"{image.name}: a detection differs by more than 1 px or in class"
+        total += len(hs)
+    assert total >= 10
