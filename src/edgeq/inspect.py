@@ -59,14 +59,17 @@ def inspect_path(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise EdgeqError(f"file not found: {path}")
-    if path.suffix.lower() == ".onnx":
-        try:
-            from edgeq.meta.read import read_meta
-
-            meta = read_meta(path)
-            if meta.raw.get("edgeq") or meta.raw.get("schema_version"):
-                return _artifact_report(path)
-        except EdgeqError:
-            pass
+    if path.suffix.lower() == ".onnx" and not _has_edgefirst_props(path):
         return _onnx_report(path)
     return _artifact_report(path)
+
+
+def _has_edgefirst_props(path: Path) -> bool:
+    """An ONNX artifact carries schema-v2 metadata in ``metadata_props['edgefirst']``."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # unreadable: let the ONNX path report it clearly
+        return False
+    return any(p.key == "edgefirst" for p in model.metadata_props)
