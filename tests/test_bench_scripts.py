@@ -30,8 +30,12 @@ def test_match_counts_ties_and_pixels() -> None:
     bcls = np.array([1, 2])
     # candidates: class 2 has a second candidate with the same score -> box 3 is a tie
     cand_cls, cand_scores = np.array([1, 1, 2, 2]), np.array([0.9, 0.5, 0.5, 0.5], np.float32)
-    matched, tied, worst = decode.match(a, cls, scores, b, bcls, cand_cls, cand_scores)
+    matched, tied, worst = decode.match(a, cls, scores, b, bcls, np.array([0.9, 0.1], np.float32), cand_cls, cand_scores)
     assert (matched, tied, worst) == (1, 1, 0.5)
+    # class tie: HAL has box 2 at the same place with the same score, but as class 3
+    b2 = np.array([[0.5, 0, 10, 10], [20, 20, 30, 30]], np.float32)
+    matched, tied, _ = decode.match(a[:2], cls[:2], scores[:2], b2, np.array([1, 3]), np.array([0.9, 0.5], np.float32), cand_cls[:2], cand_scores[:2])
+    assert (matched, tied) == (1, 1)
 
 
 def test_summary_and_child_rusage(tmp_path: Path) -> None:
