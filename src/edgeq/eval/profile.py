@@ -11,8 +11,8 @@ Two backends, each measured by the runtime's own profiler (no sub-graph timing, 
   ``ctypes``: a ``CompiledModel`` on the CPU accelerator with ``enable_profiling = true`` in its
   runtime options, the same XNNPACK CPU kernels the ``Interpreter`` applies by default. Ops that
   XNNPACK runs are reported as XNNPACK *operators* (after its own fusions: e.g. CONV_2D + LOGISTIC +
-  MUL may become a convolution plus one unary op, which the XNNPACK in ai-edge-litert 2.3 names "Invalid Unary Op");
-  ops it does not take (e.g. a uint8 -> int8 QUANTIZE) appear as TFLite builtin ops with their node
+  MUL become a convolution plus one unary op, which the XNNPACK in ai-edge-litert 2.3 names
+  "Invalid Unary Op"); ops it does not take (e.g. a uint8 -> int8 QUANTIZE) appear as TFLite builtin ops with their node
   index. ``kernels="builtin"`` profiles the plain TFLite builtin kernels instead (one event per
   TFLite node, named by op and output tensor), which is slower but maps 1:1 onto the graph.
 
