@@ -161,6 +161,47 @@ def validate(
 
 
 @app.command()
+def analyze(
+    model: Path = typer.Argument(..., help="The float ONNX model the artifact was converted from."),
+    artifact: Path = typer.Argument(..., help="The edgeq .tflite artifact to analyze."),
+    images: Path = typer.Option(..., "--images", help="Images to run: a folder, a dataset folder with images/, or a COCO instances.json."),
+    count: int = typer.Option(4, "--count", help="Use the first N images (each costs one float pass per layer)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write PREFIX.md, PREFIX.html and PREFIX.json."),
+    top: int = typer.Option(15, "--top", help="Layers to list."),
+    sensitivity: bool = typer.Option(True, "--sensitivity/--no-sensitivity", help="Run the per-layer sensitivity pass (the slow part)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime threads."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Explain an artifact's INT8 loss: float-vs-artifact SQNR per tensor and per-layer sensitivity.
+
+    Runs the float cut graph and the artifact on the same letterboxed images and compares every
+    tensor they share; then quantizes one layer at a time in the float graph (with the
+    artifact's own scale and zero point) and ranks the layers by the head-output error each
+    causes. Layers at the top are the ones to keep in int16 (`edgeq convert --int16 NAME` or
+    `--int16-budget PERCENT`).
+    """
+    from tqdm import tqdm
+
+    from edgeq.eval.analyze import analyze as run_analyze
+    from edgeq.eval.analyze import print_analysis, write_reports
+
+    bars: list[tqdm] = []
+
+    def progress(label: str, total: int):
+        bar = tqdm(total=total, desc=label, unit="layer", disable=quiet)
+        bars.append(bar)
+        return bar.update
+
+    result = _run(run_analyze, model, artifact, images, count=count, sensitivity=sensitivity, threads=threads, progress=progress)
+    for bar in bars:
+        bar.close()
+    print_analysis(result, Console(width=None if Console().is_terminal else 160), top=top)
+    if report is not None:
+        for p in write_reports(result, report):
+            console.print(f"[green]wrote[/] {p}")
+
+
+@app.command()
 def bench(
     model: Path = typer.Argument(..., help="Artifact (.tflite) or ONNX model."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder to cycle through (default: a built-in synthetic 640x480 image)."),

@@ -1,0 +1,136 @@
+"""edgeq analyze: float vs artifact per tensor, per-layer sensitivity, reports (few images, fast)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import shared_path
+from edgeq.cli import app
+from edgeq.config import ConvertConfig
+from edgeq.eval.analyze import analyze, artifact_params, open_interpreter, stored_perm, to_html, to_markdown, write_reports
+from edgeq.eval.sensitivity import ErrorAccumulator, FloatActivations, unit_sensitivity
+from edgeq.pipeline import convert, prepare
+from edgeq.quant.mixed import promotable, promotion_units
+
+CALIB_N = 2
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    out = tmp_path_factory.mktemp("analyze") / "yolov8n-smart.tflite"
+    convert(shared_path("models", "yolov8n.onnx"), shared_path("coco-calib"), out, ConvertConfig(calib_count=CALIB_N), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def analysis(artifact):
+    return analyze(shared_path("models", "yolov8n.onnx"), artifact, shared_path("coco-val-dev"), count=1, sensitivity=False)
+
+
+@pytest.fixture(scope="module")
+def float_setup(artifact):
+    prep = prepare(shared_path("models", "yolov8n.onnx"), ConvertConfig())
+    from edgeq.calib.dataset import calibration_set
+
+    images = list(calibration_set(shared_path("coco-val-dev"), count=1).images(prep.loaded.info.imgsz))
+    acts = FloatActivations(prep.graph, images)
+    params = artifact_params(open_interpreter(artifact))
+    return prep, acts, params
+
+
+def test_stored_perm_prefers_nhwc_then_identity():
+    assert stored_perm((1, 16, 320, 320), (1, 320, 320, 16)) == (0, 2, 3, 1)
+    assert stored_perm((1, 1, 1, 1), (1, 1, 1, 1)) == (0, 2, 3, 1)
+    assert stored_perm((1, 84, 8400), (1, 84, 8400)) == (0, 1, 2)
+    assert stored_perm((1, 84, 8400), (1, 8400, 84)) == (0, 2, 1)
+    assert stored_perm((1, 3), (1, 4)) is None
+
+
+def test_table_covers_most_tensors_with_finite_sqnr(analysis):
+    assert analysis.split == "smart" and analysis.images == 1
+    assert analysis.shared_tensors >= 0.9 * analysis.float_tensors
+    finite = [r for r in analysis.tensors if math.isfinite(r.sqnr_db)]
+    assert len(finite) >= 0.95 * len(analysis.tensors)
+    assert all(-1.0 <= r.cosine <= 1.0 + 1e-9 for r in analysis.tensors)
+    # the uint8 input is exact; early tensors are close to float
+    first = analysis.tensors[0]
+    assert first.name == "images" and first.sqnr_db > 40
+    assert np.median([r.cosine for r in analysis.tensors]) > 0.95
+
+
+def test_artifact_outputs_sqnr_in_sane_band(analysis):
+    err = analysis.artifact_error
+    assert set(err["outputs_db"]) == {f"{k}_{i}" for k in ("boxes", "scores") for i in range(3)}
+    for name, db in err["outputs_db"].items():
+        assert 5.0 < db < 60.0, (name, db)
+    assert set(err["kinds_db"]) == {"scores", "boxes"}
+    assert 5.0 < err["head_sqnr_db"] < 40.0
+
+
+def test_sensitivity_is_deterministic_and_ranks(float_setup):
+    prep, acts, params = float_setup
+    units = [u for u in promotion_units(prep.graph, params) if acts.input_name not in u]
+    # late layers are cheap to re-run (their downstream graph is small); add one early layer
+    subset = units[-12:] + [units[3]]
+    a = unit_sensitivity(acts, subset, params, head=prep.head)
+    b = unit_sensitivity(acts, subset, params, head=prep.head)
+    assert [s.noise for s in a] == [s.noise for s in b]
+    rank_a = sorted(range(len(a)), key=lambda i: (-a[i].noise, a[i].name))
+    rank_b = sorted(range(len(b)), key=lambda i: (-b[i].noise, b[i].name))
+    assert rank_a == rank_b
+    assert all(s.noise > 0 and math.isfinite(s.error.sqnr_db) for s in a)
+    assert all(s.elements > 0 for s in a)
+
+
+def test_quantizing_an_output_alone_matches_numpy_fake_quant(float_setup):
+    prep, acts, params = float_setup
+    name = "scores_1"
+    sens = unit_sensitivity(acts, [[name]], params, head=None)[0]
+    ref = acts.head(0)
+    p = params[name]
+    fq = dict(ref)
+    fq[name] = p.dequantize(p.quantize(ref[name]))
+    acc = ErrorAccumulator()
+    acc.add(ref, fq, None)
+    expect = acc.result()
+    assert sens.error.raw[name] == pytest.approx(expect.raw[name], rel=1e-3)
+    assert all(v == 0 for k, v in sens.error.raw.items() if k != name)
+
+
+def test_units_group_shared_parameters(float_setup):
+    prep, _, params = float_setup
+    units = promotion_units(prep.graph, params)
+    members = [m for u in units for m in u]
+    assert len(members) == len(set(members))
+    unit_of = {m: tuple(u) for u in units for m in u}
+    for node in prep.graph.graph.node:
+        if node.op_type == "Split":
+            assert all(unit_of[o] == unit_of[node.input[0]] for o in node.output)
+    assert not promotable(unit_of["scores_0"], prep.graph)
+    assert promotable(unit_of["/model.1/conv/Conv_output_0"], prep.graph)
+
+
+def test_reports_are_written(analysis, tmp_path):
+    paths = write_reports(analysis, tmp_path / "rep")
+    assert [p.suffix for p in paths] == [".md", ".html", ".json"]
+    md = paths[0].read_text()
+    assert "Per-tensor error" in md and "/model.0/conv/Conv_output_0" in md
+    assert "<svg" in to_html(analysis) and "<table>" in to_html(analysis)
+    data = json.loads(paths[2].read_text())
+    assert data["split"] == "smart" and len(data["tensors"]) == analysis.shared_tensors
+    assert to_markdown(analysis).count("\n") > analysis.shared_tensors
+
+
+def test_cli_analyze_without_sensitivity(artifact, tmp_path):
+    res = CliRunner().invoke(app, [
+        "analyze", str(shared_path("models", "yolov8n.onnx")), str(artifact),
+        "--images", str(shared_path("coco-val-dev")), "--count", "1", "--no-sensitivity", "-q",
+        "--report", str(tmp_path / "cli"),
+    ])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "cli.html").exists()
+    assert "head SQNR" in res.output
