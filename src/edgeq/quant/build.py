@@ -149,6 +149,9 @@ def plan_from_ranges(
     sizes = Counter(groups.root(n) for n in g.activations())
     for name in g.activations():
         plan.activations[name] = groups.params(name)
+        group = groups.group(name)
+        if group.dtype == "int16" and group.pinned is None:
+            plan.int8_views[name] = activation_params(group.lo, group.hi, "int8")
         base = methods.get(name, "range")
         plan.methods[name] = base if sizes[groups.root(name)] == 1 else f"{base}+shared"
     for name in g.inputs:

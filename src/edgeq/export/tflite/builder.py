@@ -167,7 +167,8 @@ class Converter:
         """Like :meth:`get`, converting the tensor to ``dtype`` (same real range) if needed.
 
         Outputs of fixed-range ops (Sigmoid, Softmax) convert to that op's fixed parameters of
-        ``dtype``, which cover exactly the op's output interval.
+        ``dtype``, which cover exactly the op's output interval; int16 tensors read as int8 use
+        the plan's ``int8_views`` (their calibrated asymmetric range) where it has one.
         """
         params = self.value(name).params
         if params.dtype == dtype:
@@ -176,6 +177,9 @@ class Converter:
         c = constraint(producer.op_type) if producer is not None else None
         if c is not None and c.rule is Rule.FIXED:
             return self.get(name, perm, c.fixed_params(dtype))
+        view = self.plan.int8_views.get(name) if dtype == "int8" else None
+        if view is not None:
+            return self.get(name, perm, view)
         return self.get(name, perm, as_dtype(params, dtype))
 
     def requantize(self, index: int, params: QParams, name: str) -> int:
