@@ -60,6 +60,8 @@ def convert(
     calib_method: str = typer.Option("minmax", "--calib-method", help="Range setting for activations: minmax | percentile | mse | auto (least histogram error per tensor)."),
     split_hints: Optional[Path] = typer.Option(None, "--split-hints", help="EdgeFirst split_hints file (JSON/YAML) to check and name the cut."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for calibration."),
+    int16: Optional[list[str]] = typer.Option(None, "--int16", help="Keep these activations in int16 (16x8 kernels): tensor names, comma-separated or repeated (see `edgeq analyze`)."),
+    int16_budget: Optional[float] = typer.Option(None, "--int16-budget", help="Let up to PERCENT of activation elements be int16, chosen by a per-layer sensitivity pass on 2 calibration images."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Convert an ONNX model into a fully-integer TFLite artifact with embedded metadata.
@@ -74,10 +76,15 @@ def convert(
     if split not in ("smart", "combined"):
         console.print(f"[bold red]error:[/] --split must be smart or combined, not {split!r}")
         raise typer.Exit(2)
-    cfg = ConvertConfig(split=split, calib_count=calib_count, calib_method=calib_method, split_hints=split_hints, threads=threads)  # type: ignore[arg-type]
+    names = tuple(n.strip() for item in int16 or [] for n in item.split(",") if n.strip())
+    cfg = ConvertConfig(split=split, calib_count=calib_count, calib_method=calib_method, split_hints=split_hints, threads=threads,  # type: ignore[arg-type]
+                        int16=names, int16_budget=int16_budget)
     result = _run(run_convert, model, calib, output, cfg, progress=not quiet)
     size = result.path.stat().st_size / 1e6
     console.print(f"[green]wrote[/] {result.path} ({size:.1f} MB, {len(result.meta.outputs)} logical outputs, split={split})")
+    mixed = result.meta.edgeq.get("mixed_precision")
+    if mixed:
+        console.print(f"  int16: {len(mixed['int16'])} activations ({mixed['elements_percent']:.2f}% of activation elements)")
 
 
 @app.command()

@@ -22,6 +22,11 @@ class ConvertConfig:
             high-confidence logits that ranking depends on.
         split_hints: optional EdgeFirst split_hints (YAML/JSON file) to check and name the cut.
         threads: CPU threads for calibration inference (None: onnxruntime's default).
+        int16: activations to keep in int16 (TFLite 16x8 kernels); each name promotes every
+            tensor sharing its quantization parameters.
+        int16_budget: percent of activation elements that may be int16, filled with the
+            activations whose int8 quantization costs the most head accuracy (measured on the
+            first few calibration images; see :mod:`edgeq.quant.mixed`). None: off.
     """
 
     split: SplitMode = "smart"
@@ -30,6 +35,8 @@ class ConvertConfig:
     output_method: str = "minmax"
     split_hints: Path | None = None
     threads: int | None = None
+    int16: tuple[str, ...] = ()
+    int16_budget: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

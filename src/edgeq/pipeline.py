@@ -7,6 +7,7 @@ import logging
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,16 +93,28 @@ def calibrate(graph: onnx.ModelProto, calib: CalibrationSet, imgsz: tuple[int, i
     return collect_histograms(graph, images, threads=config.threads)
 
 
-def make_plan(graph: onnx.ModelProto, hists: dict[str, StreamingHistogram], config: ConvertConfig) -> QuantPlan:
-    """Choose a range per tensor, then the constrained INT8 parameters."""
+def make_plan(graph: onnx.ModelProto, hists: dict[str, StreamingHistogram], config: ConvertConfig, int16: Iterable[str] = ()) -> QuantPlan:
+    """Choose a range per tensor, then the constrained INT8 parameters (``int16``: 16x8 tensors)."""
     outputs = {o.name for o in graph.graph.output}
     ranges, methods = {}, {}
     for name, h in hists.items():
         method = config.output_method if name in outputs else config.calib_method
         ranges[name], methods[name] = choose_range(h, method)
-    plan = plan_from_ranges(graph, ranges, methods=methods)
+    plan = plan_from_ranges(graph, ranges, methods=methods, int16=int16)
     plan.notes["range_methods"] = dict(sorted(Counter(methods.values()).items()))
     return plan
+
+
+def _mixed_precision(prep: Prepared, hists: dict[str, StreamingHistogram], plan: QuantPlan, calib: CalibrationSet, config: ConvertConfig) -> tuple[QuantPlan, dict[str, Any]]:
+    """Re-plan with the ``--int16`` / ``--int16-budget`` activations in int16 (16x8)."""
+    from itertools import islice
+
+    from edgeq.quant.mixed import SENSITIVITY_IMAGES, mixed_precision
+
+    images = islice(calib.images(prep.loaded.info.imgsz), SENSITIVITY_IMAGES) if config.int16_budget is not None else None
+    int16, record = mixed_precision(prep.graph, plan.activations, names=config.int16, budget_percent=config.int16_budget,
+                                    images=images, head=prep.head, threads=config.threads)
+    return make_plan(prep.graph, hists, config, int16=int16), record
 
 
 def _calib_fingerprint(calib: CalibrationSet) -> str:
@@ -162,6 +175,9 @@ def export_artifact(
 
     info = prep.loaded.info
     plan = make_plan(prep.graph, hists, config)
+    mixed = None
+    if config.int16 or config.int16_budget is not None:
+        plan, mixed = _mixed_precision(prep, hists, plan, calib_set, config)
     written = write_tflite(prep.graph, plan, description=f"edgeq {config.split} int8")
     if prep.head is not None:
         family = prep.head.family
@@ -170,7 +186,10 @@ def export_artifact(
         family = combined_family(written.outputs[0].shape)
         outputs = combined_outputs(info, written.outputs, prep.normalized_boxes, family)
     name = prep.loaded.path.stem
-    meta = build_meta(info, outputs, written.inputs[0], _provenance(prep, calib_set, plan, config), name=name, decoder_version=family)
+    provenance = _provenance(prep, calib_set, plan, config)
+    if mixed is not None:
+        provenance["mixed_precision"] = mixed
+    meta = build_meta(info, outputs, written.inputs[0], provenance, name=name, decoder_version=family)
     files = metadata_files(meta.to_json(), meta.labels)
     _write_atomic(out_path, append_zip(written.buffer, files))
     log.info("wrote %s", out_path)

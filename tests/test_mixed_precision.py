@@ -1,0 +1,112 @@
+"""Mixed precision: unit closures, budgeted selection, and int16-promoted artifacts in LiteRT."""
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+
+from conftest import shared_path
+from edgeq.config import ConvertConfig
+from edgeq.errors import EdgeqError
+from edgeq.pipeline import convert
+from edgeq.quant.mixed import Candidate, choose_int16, closure, expand_names, promotion_units
+
+CALIB_N = 2
+CONV1 = "/model.1/conv/Conv_output_0"
+SILU1 = ("/model.1/act/Sigmoid_output_0", "/model.1/act/Mul_output_0")
+
+
+@pytest.fixture(scope="module")
+def promoted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mixed") / "yolov8n-int16.tflite"
+    return convert(shared_path("models", "yolov8n.onnx"), shared_path("coco-calib"), out,
+                   ConvertConfig(calib_count=CALIB_N, int16=(CONV1,)), progress=False)
+
+
+def _details(path) -> dict[str, dict]:
+    interp = Interpreter(model_path=str(path))
+    interp.allocate_tensors()
+    return {d["name"]: d for d in interp.get_tensor_details()}
+
+
+def test_explicit_int16_artifact_is_valid_fully_integer_and_int16(promoted):
+    details = _details(promoted.path)
+    dtypes = {np.dtype(d["dtype"]).name for d in details.values()}
+    assert "float32" not in dtypes
+    # the named conv output and the ops reading it (SiLU) compute in 16x8
+    for name in (CONV1, *SILU1):
+        assert np.dtype(details[name]["dtype"]).name == "int16", name
+        assert details[name]["quantization"][1] == 0, "int16 activations are symmetric"
+    assert np.dtype(details["/model.2/cv1/conv/Conv_output_0"]["dtype"]).name == "int8"
+    # int8 readers of an int16 tensor use its calibrated asymmetric int8 parameters
+    view = details["/model.1/act/Mul_output_0/requant"]
+    assert np.dtype(view["dtype"]).name == "int8" and view["quantization"][1] != 0
+    meta = json.loads(zipfile.ZipFile(promoted.path).read("edgefirst.json"))
+    mp = meta["edgeq"]["mixed_precision"]
+    assert mp["int16"] == [CONV1, *SILU1] and mp["explicit"] == [CONV1]
+    assert 0 < mp["elements_percent"] < 10
+    assert meta["edgeq"]["output_dtype"] == "int8"
+
+
+def test_promoted_artifact_runs_and_outputs_stay_int8(promoted):
+    interp = Interpreter(model_path=str(promoted.path))
+    interp.allocate_tensors()
+    inp = interp.get_input_details()[0]
+    rng = np.random.default_rng(0)
+    interp.set_tensor(inp["index"], rng.integers(0, 256, size=inp["shape"], dtype=np.uint8))
+    interp.invoke()
+    outs = interp.get_output_details()
+    assert all(o["dtype"] == np.int8 for o in outs)
+    assert any(np.ptp(interp.get_tensor(o["index"])) > 0 for o in outs)
+
+
+def test_budget_selects_within_budget_and_records_it(tmp_path):
+    out = tmp_path / "budget.tflite"
+    res = convert(shared_path("models", "yolov8n.onnx"), shared_path("coco-calib"), out,
+                  ConvertConfig(calib_count=CALIB_N, int16_budget=0.3), progress=False)
+    mp = res.meta.edgeq["mixed_precision"]
+    assert mp["budget_percent"] == 0.3 and mp["selection"] == "sensitivity"
+    assert 0 < mp["elements_percent"] <= 0.3
+    assert mp["units"] and mp["int16"]
+    details = _details(out)
+    assert all(np.dtype(details[n]["dtype"]).name == "int16" for n in mp["int16"])
+    assert set(res.plan.notes["planner"]["int16_tensors"]) == set(mp["int16"])
+
+
+def test_choose_int16_respects_budget_and_prefers_noise():
+    elements = {"a": 10, "b": 10, "c": 50, "d": 30}
+    cands = [
+        Candidate(("a",), 1.0, ("a",)),
+        Candidate(("b",), 0.5, ("b", "a")),  # shares a with the first: cheaper once a is in
+        Candidate(("c",), 3.0, ("c",)),
+        Candidate(("d",), 0.1, ("d",)),
+    ]
+    sel = choose_int16(cands, 25, elements)  # 25 of 100 elements
+    assert sel.elements <= 25 and set(sel.tensors) == {"a", "b"}
+    assert sel.removed_noise == pytest.approx(1.5)
+    sel = choose_int16(cands, 60, elements)
+    assert "c" in sel.tensors and sel.elements <= 60
+    assert choose_int16(cands, 0, elements).tensors == ()
+    with pytest.raises(EdgeqError):
+        choose_int16(cands, -1, elements)
+
+
+def test_closure_and_explicit_names(promoted):
+    graph = promoted.graph
+    params = promoted.plan.activations
+    # plan the int8 graph again to get int8 units
+    units = promotion_units(graph, {n: p for n, p in params.items()})
+    unit = next(u for u in units if CONV1 in u)
+    assert set(closure(unit, graph, units)) >= {CONV1, *SILU1}
+    assert expand_names([CONV1], units, graph)[:3] == [CONV1, *SILU1]
+    with pytest.raises(EdgeqError, match="not an activation"):
+        expand_names(["/model.1/conv/Conv_output_9"], units, graph)
+    with pytest.raises(EdgeqError, match="graph input or output"):
+        expand_names(["scores_0"], units, graph)
+    # the last head conv's input reaches an output: its closure holds it, expand drops it
+    last = next(n.input[0] for n in graph.graph.node if "scores_0" in n.output)
+    names = expand_names([last], units, graph)
+    assert "scores_0" not in names and last in names
