@@ -134,3 +134,12 @@ def test_cli_analyze_without_sensitivity(artifact, tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "cli.html").exists()
     assert "head SQNR" in res.output
+
+
+def test_score_outputs_resolution_and_clipping(analysis):
+    assert [r.name for r in analysis.scores] == ["scores_0", "scores_1", "scores_2"]
+    for r in analysis.scores:
+        assert 0 < r.live_codes <= 256 and 0 < r.p_max <= 1 and 0 <= r.clipped_top <= 1 and r.step > 0
+    assert all(0 <= t.clipped <= 1 for t in analysis.tensors)
+    assert all(t.clipped == 0 for t in analysis.tensors if t.op == "Sigmoid")
+    assert any("score outputs" in line for line in analysis.advice())

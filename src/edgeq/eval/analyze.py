@@ -33,6 +33,7 @@ import numpy as np
 from edgeq.calib.dataset import calibration_set
 from edgeq.errors import ArtifactError
 from edgeq.eval.sensitivity import ErrorAccumulator, FloatActivations, HeadError, sqnr_db, unit_sensitivity
+from edgeq.quant.constraints import Rule, constraint
 from edgeq.quant.mixed import activation_elements, closure, interface, promotion_units
 from edgeq.quant.plan import QParams
 
@@ -115,6 +116,33 @@ class TensorRow:
     scale: float
     sqnr_db: float
     cosine: float
+    clipped: float = 0.0  # share of float values outside the tensor's representable range
+
+
+@dataclass(frozen=True)
+class ScoreResolution:
+    """How finely a quantized class-logit output can rank detections (smart split, per level).
+
+    Attributes:
+        name: the scores output.
+        step: logit quantization step.
+        p_max: the highest score it can represent (sigmoid of its top code).
+        live: float candidates (anchor x class) scoring above the validation floor.
+        clipped_top: share of those above ``p_max`` (they all tie at ``p_max``).
+        live_codes: integer codes between the floor and ``p_max``: how many score levels
+            detections can be ranked into (candidates on one code tie).
+    """
+
+    name: str
+    step: float
+    p_max: float
+    live: int
+    clipped_top: float
+    live_codes: int
+
+
+#: Scores above this count as detections for :class:`ScoreResolution` (``yolo val``'s conf).
+LIVE_SCORE = 0.001
 
 
 @dataclass(frozen=True)
@@ -149,6 +177,7 @@ class Analysis:
     total_elements: int
     shared_tensors: int
     float_tensors: int
+    scores: list[ScoreResolution] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     # -- derived ---------------------------------------------------------------------------------
@@ -166,10 +195,10 @@ class Analysis:
 
     def advice(self, top: int = 5) -> list[str]:
         """Plain-language findings and what to do about them."""
-        lines = []
+        lines: list[str] = []
         total = self.total_noise
         if total <= 0 or not self.layers:
-            return ["No measurable activation quantization error on these images."]
+            return self._output_advice(lines)
         art_db = self.artifact_error.get("head_sqnr_db")
         if art_db is not None:
             lines.append(
@@ -203,6 +232,20 @@ class Analysis:
                 "(rare large activations): a clipping range method (`--calib-method percentile` or `mse`) "
                 "also narrows them without int16."
             )
+        return self._output_advice(lines)
+
+    def _output_advice(self, lines: list[str]) -> list[str]:
+        coarse = [r for r in self.scores if r.clipped_top > 0 or r.live_codes < 128]
+        if coarse:
+            parts = [f"{r.name}: {r.live_codes} of 256 codes for scores above {LIVE_SCORE}, top score {r.p_max:.3f}"
+                     + (f" ({100 * r.clipped_top:.2f}% of candidates clipped there)" if r.clipped_top else "")
+                     for r in coarse]
+            lines.append(
+                "The int8 score outputs limit the ranking that COCO mAP is computed from: " + "; ".join(parts)
+                + ". Detections that round (or clip) to one code tie, which no int16 activation inside the graph "
+                "can undo; a score range that stops at a sensible floor (e.g. logit -10) and keeps headroom above "
+                "the calibration maximum spends the 256 codes where ranking happens."
+            )
         kinds = self.artifact_error.get("kinds_db", {})
         if kinds:
             worst = min(kinds, key=kinds.get)
@@ -226,6 +269,7 @@ class Analysis:
             "total_noise": self.total_noise, "predicted_head_sqnr_db": sqnr_db(self.total_noise),
             "shared_tensors": self.shared_tensors, "float_tensors": self.float_tensors,
             "advice": self.advice(), "notes": self.notes,
+            "score_resolution": [asdict(r) for r in self.scores],
             "layers": [asdict(r) for r in self.layers],
             "tensors": [asdict(r) for r in self.tensors],
         }
@@ -319,11 +363,44 @@ def analyze(
                 kinds_db=s.error.kind_sqnr_db(), promotable=not keep.intersection(tensors),
             ))
     total_elements = sum(activation_elements(prep.graph).values())
+    scores = score_resolution(acts, params, prep.head)
     return Analysis(
         model=str(model_path), artifact=str(artifact_path), split=split, images=len(rgbs),
         tensors=tensors, layers=layers, artifact_error=art_err, total_elements=total_elements,
-        shared_tensors=len(tensors), float_tensors=len(acts.names), notes=notes,
+        shared_tensors=len(tensors), float_tensors=len(acts.names), scores=scores, notes=notes,
     )
+
+
+def _clipped(f: np.ndarray, d: dict[str, Any]) -> float:
+    """How many float values fall outside the representable range of artifact tensor ``d``."""
+    qp = d["quantization_parameters"]
+    scale, zp = float(qp["scales"][0]), int(qp["zero_points"][0])
+    info = np.iinfo(np.dtype(d["dtype"]))
+    lo, hi = scale * (info.min - zp - 0.5), scale * (info.max - zp + 0.5)
+    return float(np.count_nonzero((f < lo) | (f > hi)))
+
+
+def score_resolution(acts: FloatActivations, params: dict[str, QParams], head: Any, floor: float = LIVE_SCORE) -> list[ScoreResolution]:
+    """Clipping and ties of each quantized class-logit output over the live float candidates."""
+    if head is None or not head.of_kind("scores"):
+        return []
+    logit_floor = math.log(floor / (1 - floor))
+    rows = []
+    for e in head.of_kind("scores"):
+        p = params.get(e.name)
+        if p is None:
+            continue
+        live, top = 0, 0
+        for i in range(len(acts)):
+            f = acts.images[i][e.name].reshape(-1)
+            f = f[f > logit_floor]
+            live += f.size
+            top += int(np.count_nonzero(f > float(p.real_range()[1][0]) + 0.5 * float(p.scale[0])))
+        hi = float(p.real_range()[1][0])
+        codes = max(0, p.qmax - int(p.quantize(np.array([logit_floor], np.float32))[0]))
+        rows.append(ScoreResolution(e.name, float(p.scale[0]), 1.0 / (1.0 + math.exp(-hi)), live,
+                                    top / max(live, 1), codes))
+    return rows
 
 
 def _compare(acts: FloatActivations, interp: Any, rgbs: Sequence[np.ndarray], head: Any) -> tuple[list[TensorRow], dict[str, Any]]:
@@ -334,7 +411,9 @@ def _compare(acts: FloatActivations, interp: Any, rgbs: Sequence[np.ndarray], he
             details[d["name"]] = d
     order = {n: i for i, n in enumerate(acts.names)}
     op_of = {o: n.op_type for n in acts.graph.graph.node for o in n.output}
-    sums: dict[str, list[float]] = {n: [0.0, 0.0, 0.0, 0.0] for n in details}  # |x-f|^2, |f|^2, x.f, |x|^2
+    # fixed-range outputs (Sigmoid's [0, 1)) saturate by design: not counted as clipping
+    fixed = {n: constraint(op_of.get(n, "")).rule is Rule.FIXED for n in details}
+    sums: dict[str, list[float]] = {n: [0.0, 0.0, 0.0, 0.0, 0.0] for n in details}  # |x-f|^2, |f|^2, x.f, |x|^2, clipped
     perms: dict[str, tuple[int, ...] | None] = {}
     head_acc = ErrorAccumulator()
     shapes = {n: acts.images[0][n].shape for n in acts.outputs}
@@ -356,9 +435,12 @@ def _compare(acts: FloatActivations, interp: Any, rgbs: Sequence[np.ndarray], he
             s[1] += float(np.sum(f64 * f64))
             s[2] += float(np.sum(x * f64))
             s[3] += float(np.sum(x * x))
+            if not fixed.get(name, False):
+                s[4] += _clipped(f, d)
         head_acc.add(acts.head(i), _artifact_head(interp, acts.outputs, shapes), head)
     rows = []
-    for name, (noise, signal, dot, qq) in sums.items():
+    counts = {n: sum(acts.images[i][n].size for i in range(len(rgbs))) for n in details}
+    for name, (noise, signal, dot, qq, clipped) in sums.items():
         if perms.get(name) is None:
             continue
         cos = dot / math.sqrt(signal * qq) if signal > 0 and qq > 0 else (1.0 if noise == 0 else 0.0)
@@ -366,6 +448,7 @@ def _compare(acts: FloatActivations, interp: Any, rgbs: Sequence[np.ndarray], he
         rows.append(TensorRow(
             name=name, index=order[name], op=op_of.get(name, "input"), dtype=np.dtype(d["dtype"]).name,
             scale=float(d["quantization_parameters"]["scales"][0]), sqnr_db=sqnr_db(noise, signal), cosine=float(cos),
+            clipped=clipped / max(counts[name], 1),
         ))
     rows.sort(key=lambda r: r.index)
     err: HeadError = head_acc.result()
@@ -395,6 +478,12 @@ def print_analysis(a: Analysis, console: Any, top: int = 15) -> None:
     kinds = ", ".join(f"{k} {_fmt_db(v)} dB" for k, v in err.get("kinds_db", {}).items())
     console.print(f"  head SQNR {_fmt_db(err['head_sqnr_db'])} dB ({kinds}); raw outputs {_fmt_db(err['raw_sqnr_db'])} dB")
     console.print(f"  {a.shared_tensors} of {a.float_tensors} float tensors found in the artifact")
+    if a.scores:
+        t = Table("score output", "logit step", "top score", "codes for p > 0.001", "candidates", "clipped at top",
+                  title=f"Score outputs: resolution over float candidates above {LIVE_SCORE}")
+        for r in a.scores:
+            t.add_row(r.name, f"{r.step:.3f}", f"{r.p_max:.4f}", str(r.live_codes), f"{r.live:,}", f"{100 * r.clipped_top:.2f}%")
+        console.print(t)
     if a.layers:
         t = Table("#", "layer (tensor)", "op", "dtype", "int16 cost", "share", "head SQNR dB", "cum. share", "tensor SQNR dB",
                   title="Per-layer sensitivity: head error with only this layer quantized (artifact's own scale)")
@@ -435,6 +524,17 @@ def to_markdown(a: Analysis, top: int = 25) -> str:
         *[f"| {k} (raw) | {_fmt_db(v)} |" for k, v in err.get("outputs_db", {}).items()],
         "",
     ]
+    if a.scores:
+        out += [
+            "## Score outputs: resolution over live candidates",
+            "",
+            f"Candidates: anchor x class pairs whose float score exceeds {LIVE_SCORE}.",
+            "",
+            "| output | logit step | top score | codes for p > 0.001 | candidates | clipped at top |",
+            "|---|---|---|---|---|---|",
+            *[f"| {r.name} | {r.step:.3f} | {r.p_max:.4f} | {r.live_codes} | {r.live:,} | {100 * r.clipped_top:.2f}% |" for r in a.scores],
+            "",
+        ]
     if a.layers:
         out += [
             "## Per-layer sensitivity",
@@ -458,9 +558,10 @@ def to_markdown(a: Analysis, top: int = 25) -> str:
         for k in (0, 1, 2, 3, 5, 10):
             out.append(f"| {k} | {_fmt_db(a.predicted_sqnr_after(k))} |")
         out.append("")
-    out += ["## Per-tensor error (accumulated, artifact vs float)", "", "| # | tensor | op | dtype | SQNR dB | cosine |", "|---|---|---|---|---|---|"]
+    out += ["## Per-tensor error (accumulated, artifact vs float)", "",
+            "| # | tensor | op | dtype | scale | SQNR dB | cosine | clipped |", "|---|---|---|---|---|---|---|---|"]
     for r in a.tensors:
-        out.append(f"| {r.index} | `{r.name}` | {r.op} | {r.dtype} | {_fmt_db(r.sqnr_db)} | {r.cosine:.5f} |")
+        out.append(f"| {r.index} | `{r.name}` | {r.op} | {r.dtype} | {r.scale:.4g} | {_fmt_db(r.sqnr_db)} | {r.cosine:.5f} | {100 * r.clipped:.3f}% |")
     if a.notes:
         out += ["", "## Notes", "", *[f"- {n}" for n in a.notes]]
     return "\n".join(out) + "\n"
@@ -579,6 +680,6 @@ def write_reports(a: Analysis, prefix: str | Path) -> list[Path]:
     return paths
 
 
-__all__ = ["Analysis", "LayerRow", "TensorRow", "analyze", "artifact_params", "open_interpreter",
+__all__ = ["Analysis", "LayerRow", "ScoreResolution", "TensorRow", "analyze", "score_resolution", "artifact_params", "open_interpreter",
            "print_analysis", "stored_perm", "to_html", "to_markdown", "write_reports"]
 
