@@ -143,3 +143,29 @@ def test_score_outputs_resolution_and_clipping(analysis):
     assert all(0 <= t.clipped <= 1 for t in analysis.tensors)
     assert all(t.clipped == 0 for t in analysis.tensors if t.op == "Sigmoid")
     assert any("score outputs" in line for line in analysis.advice())
+
+
+def test_layer_tables_and_advice_render(analysis, tmp_path):
+    import dataclasses
+
+    from rich.console import Console
+
+    from edgeq.eval.analyze import LayerRow, print_analysis
+
+    rows = [
+        LayerRow(rank=1, name="/model.1/act/Mul_output_0", op="Mul", members=("/model.1/act/Mul_output_0",),
+                 elements=819200, int16_elements=1638400, dtype="int8", noise=0.02, share=0.5, head_sqnr_db=17.0,
+                 kinds_db={"scores": 15.0, "boxes": 28.0}, promotable=True),
+        LayerRow(rank=2, name="scores_2", op="Conv", members=("scores_2",), elements=32000, int16_elements=32000,
+                 dtype="int8", noise=0.02, share=0.5, head_sqnr_db=17.0, kinds_db={"scores": 15.0, "boxes": math.inf},
+                 promotable=False),
+    ]
+    a = dataclasses.replace(analysis, layers=rows)
+    console = Console(record=True, width=200)
+    print_analysis(a, console)
+    text = console.export_text()
+    assert "/model.1/act/Mul_output_0" in text and "--int16 /model.1/act/Mul_output_0" in text
+    assert a.predicted_sqnr_after(1) > a.predicted_sqnr_after(0)
+    md = to_markdown(a)
+    assert "reaches an output" in md and "| 1 | `/model.1/act/Mul_output_0`" in md
+    assert "<svg" in to_html(a) and json.loads(json.dumps(a.to_json()))["layers"][1]["kinds_db"]["boxes"] == "inf"

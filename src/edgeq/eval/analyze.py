@@ -355,12 +355,12 @@ def analyze(
         sizes, keep = activation_elements(prep.graph), interface(prep.graph)
         layers = []
         for i, s in enumerate(ranked):
-            tensors = closure(s.members, prep.graph, all_units)
+            promoted = closure(s.members, prep.graph, all_units)
             layers.append(LayerRow(
                 rank=i + 1, name=s.name, op=s.op, members=s.members, elements=s.elements,
-                int16_elements=sum(sizes.get(t, 0) for t in tensors), dtype=params[s.name].dtype,
+                int16_elements=sum(sizes.get(t, 0) for t in promoted), dtype=params[s.name].dtype,
                 noise=s.noise, share=s.noise / total, head_sqnr_db=s.error.sqnr_db,
-                kinds_db=s.error.kind_sqnr_db(), promotable=not keep.intersection(tensors),
+                kinds_db=s.error.kind_sqnr_db(), promotable=not keep.intersection(promoted),
             ))
     total_elements = sum(activation_elements(prep.graph).values())
     scores = score_resolution(acts, params, prep.head)
