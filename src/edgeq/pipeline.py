@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from edgeq.calib.collect import collect_histograms
 from edgeq.calib.dataset import CalibrationSet, calibration_set
-from edgeq.calib.histogram import StreamingHistogram
+from edgeq.calib.histogram import NUM_BINS, StreamingHistogram
 from edgeq.calib.ranges import choose_range
 from edgeq.config import ConvertConfig
 from edgeq.errors import EdgeqError
@@ -90,7 +90,8 @@ def _embedded_hints(loaded: LoadedModel) -> list[dict[str, Any]]:
 def calibrate(graph: onnx.ModelProto, calib: CalibrationSet, imgsz: tuple[int, int], config: ConvertConfig, progress: bool) -> dict[str, StreamingHistogram]:
     """Stream the calibration images through the float graph; returns per-tensor histograms."""
     images = tqdm(calib.images(imgsz), total=len(calib), desc="calibrating", unit="img", disable=not progress)
-    return collect_histograms(graph, images, threads=config.threads)
+    minmax_only = config.calib_method == "minmax" and config.output_method == "minmax"
+    return collect_histograms(graph, images, threads=config.threads, bins=0 if minmax_only else NUM_BINS)
 
 
 def make_plan(graph: onnx.ModelProto, hists: dict[str, StreamingHistogram], config: ConvertConfig, int16: Iterable[str] = ()) -> QuantPlan:

@@ -14,6 +14,7 @@ class StreamingHistogram:
     """
 
     def __init__(self, bins: int = NUM_BINS) -> None:
+        """``bins=0`` keeps only the exact min/max (all that the min/max method needs)."""
         self.bins = bins
         self.counts = np.zeros(bins, np.int64)
         self.lo = np.inf
@@ -26,6 +27,9 @@ class StreamingHistogram:
         x = x.reshape(-1)
         xmin, xmax = float(x.min()), float(x.max())
         self.min, self.max = min(self.min, xmin), max(self.max, xmax)
+        if not self.bins:
+            self.total += x.size
+            return
         if xmin < self.lo or xmax > self.hi:
             self._widen(xmin, xmax)
         scale = self.bins / (self.hi - self.lo)
