@@ -1,6 +1,7 @@
 """edgeq analyze: float vs artifact per tensor, per-layer sensitivity, reports (few images, fast)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -142,12 +143,11 @@ def test_score_outputs_resolution_and_clipping(analysis):
         assert 0 < r.live_codes <= 256 and 0 < r.p_max <= 1 and 0 <= r.clipped_top <= 1 and r.step > 0
     assert all(0 <= t.clipped <= 1 for t in analysis.tensors)
     assert all(t.clipped == 0 for t in analysis.tensors if t.op == "Sigmoid")
-    assert any("score outputs" in line for line in analysis.advice())
+    clipped = dataclasses.replace(analysis, scores=[dataclasses.replace(analysis.scores[0], clipped_top=0.02)])
+    assert any("clip confident detections" in line for line in clipped.advice())
 
 
 def test_layer_tables_and_advice_render(analysis, tmp_path):
-    import dataclasses
-
     from rich.console import Console
 
     from edgeq.eval.analyze import LayerRow, print_analysis

@@ -144,6 +144,9 @@ class ScoreResolution:
 #: Scores above this count as detections for :class:`ScoreResolution` (``yolo val``'s conf).
 LIVE_SCORE = 0.001
 
+#: Advise about score-output clipping when at least this share of live candidates clips.
+CLIPPED_TOP_WARN = 0.001
+
 
 @dataclass(frozen=True)
 class LayerRow:
@@ -202,9 +205,8 @@ class Analysis:
         art_db = self.artifact_error.get("head_sqnr_db")
         if art_db is not None:
             lines.append(
-                f"The artifact's head outputs are {art_db:.1f} dB above their error against float "
-                f"(decoded scores/boxes{'/masks' if 'mask_coefs' in self.artifact_error.get('kinds_db', {}) else ''}); "
-                f"the float graph with every activation quantized predicts {sqnr_db(total):.1f} dB from the sum of the layers below."
+                f"The artifact's head outputs (decoded scores/boxes{'/masks' if 'mask_coefs' in self.artifact_error.get('kinds_db', {}) else ''}) "
+                f"have an SQNR of {art_db:.1f} dB against float; adding up the layers' own errors below predicts {sqnr_db(total):.1f} dB."
             )
         called = [r for r in self.layers if r.share >= CALL_OUT_SHARE]
         if called:
@@ -223,7 +225,9 @@ class Analysis:
                 f"To win this back, keep the most sensitive activations in int16 (16x8 kernels): "
                 f"`edgeq convert ... --int16 {names}` (at most {pct:.1f}% of activation elements with the ops reading them; predicted head SQNR "
                 f"{sqnr_db(total):.1f} -> {self.predicted_sqnr_after(3):.1f} dB), or let edgeq choose with "
-                f"`--int16-budget 5` (at most 5% of activation elements in int16)."
+                f"`--int16-budget 5` (at most 5% of activation elements in int16). LiteRT runs 16x8 ops on its "
+                f"reference-style kernels, not XNNPACK: expect the CPU latency to grow several-fold, most for early, "
+                f"high-resolution layers."
             )
         early = [r for r in self.layers[:top] if r.op in ("Conv", "Mul") and r.share >= CALL_OUT_SHARE]
         if early and any(r.name.startswith(("/model.0/", "/model.1/", "/model.2/")) for r in early):
@@ -235,16 +239,13 @@ class Analysis:
         return self._output_advice(lines)
 
     def _output_advice(self, lines: list[str]) -> list[str]:
-        coarse = [r for r in self.scores if r.clipped_top > 0 or r.live_codes < 128]
-        if coarse:
-            parts = [f"{r.name}: {r.live_codes} of 256 codes for scores above {LIVE_SCORE}, top score {r.p_max:.3f}"
-                     + (f" ({100 * r.clipped_top:.2f}% of candidates clipped there)" if r.clipped_top else "")
-                     for r in coarse]
+        clipped = [r for r in self.scores if r.clipped_top >= CLIPPED_TOP_WARN]
+        if clipped:
+            parts = [f"{r.name} tops out at score {r.p_max:.3f} and {100 * r.clipped_top:.2f}% of its candidates are clipped there"
+                     for r in clipped]
             lines.append(
-                "The int8 score outputs limit the ranking that COCO mAP is computed from: " + "; ".join(parts)
-                + ". Detections that round (or clip) to one code tie, which no int16 activation inside the graph "
-                "can undo; a score range that stops at a sensible floor (e.g. logit -10) and keeps headroom above "
-                "the calibration maximum spends the 256 codes where ranking happens."
+                "Score outputs clip confident detections: " + "; ".join(parts) + ". Clipped detections tie, so "
+                "their ranking is lost; give the score outputs headroom above the calibration maximum."
             )
         kinds = self.artifact_error.get("kinds_db", {})
         if kinds:
