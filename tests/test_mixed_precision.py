@@ -17,13 +17,19 @@ from edgeq.quant.mixed import Candidate, choose_int16, closure, expand_names, pr
 CALIB_N = 2
 CONV1 = "/model.1/conv/Conv_output_0"
 SILU1 = ("/model.1/act/Sigmoid_output_0", "/model.1/act/Mul_output_0")
+SPPF_CV1 = "/model.9/cv1/conv/Conv_output_0"  # small (20x20): its closure is ~0.9% of the elements
+SPPF_SILU = ("/model.9/cv1/act/Sigmoid_output_0", "/model.9/cv1/act/Mul_output_0")
+BUDGET = 1.5
 
 
 @pytest.fixture(scope="module")
 def promoted(tmp_path_factory):
+    """One conversion for both paths: an explicit name plus a budget filled by sensitivity."""
     out = tmp_path_factory.mktemp("mixed") / "yolov8n-int16.tflite"
-    return convert(shared_path("models", "yolov8n.onnx"), shared_path("coco-calib"), out,
-                   ConvertConfig(calib_count=CALIB_N, int16=(CONV1,)), progress=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("edgeq.quant.mixed.SENSITIVITY_IMAGES", 1)  # one image keeps the test fast
+        return convert(shared_path("models", "yolov8n.onnx"), shared_path("coco-calib"), out,
+                       ConvertConfig(calib_count=CALIB_N, int16=(SPPF_CV1,), int16_budget=BUDGET), progress=False)
 
 
 def _details(path) -> dict[str, dict]:
@@ -37,18 +43,23 @@ def test_explicit_int16_artifact_is_valid_fully_integer_and_int16(promoted):
     dtypes = {np.dtype(d["dtype"]).name for d in details.values()}
     assert "float32" not in dtypes
     # the named conv output and the ops reading it (SiLU) compute in 16x8
-    for name in (CONV1, *SILU1):
+    for name in (SPPF_CV1, *SPPF_SILU):
         assert np.dtype(details[name]["dtype"]).name == "int16", name
         assert details[name]["quantization"][1] == 0, "int16 activations are symmetric"
-    assert np.dtype(details["/model.2/cv1/conv/Conv_output_0"]["dtype"]).name == "int8"
-    # int8 readers of an int16 tensor use its calibrated asymmetric int8 parameters
-    view = details["/model.1/act/Mul_output_0/requant"]
-    assert np.dtype(view["dtype"]).name == "int8" and view["quantization"][1] != 0
     meta = json.loads(zipfile.ZipFile(promoted.path).read("edgefirst.json"))
     mp = meta["edgeq"]["mixed_precision"]
-    assert mp["int16"] == [CONV1, *SILU1] and mp["explicit"] == [CONV1]
-    assert 0 < mp["elements_percent"] < 10
+    assert set(mp["int16"]) >= {SPPF_CV1, *SPPF_SILU} and mp["explicit"] == [SPPF_CV1]
+    assert all(np.dtype(details[n]["dtype"]).name == "int16" for n in mp["int16"])
+    assert set(promoted.plan.notes["planner"]["int16_tensors"]) == set(mp["int16"])
     assert meta["edgeq"]["output_dtype"] == "int8"
+    # int8 readers of an int16 tensor use its calibrated int8 parameters (SiLU output: asymmetric)
+    views = [d for n, d in details.items() if n.endswith("/requant") and n[: -len("/requant")] in mp["int16"]
+             and np.dtype(d["dtype"]).name == "int8"]
+    assert views and any(d["quantization"][1] != 0 for d in views)
+    for n, d in ((n, d) for n, d in details.items() if n.endswith("/requant")):
+        src = n[: -len("/requant")]
+        if src in promoted.plan.int8_views and np.dtype(d["dtype"]).name == "int8":
+            assert d["quantization"][0] == pytest.approx(float(promoted.plan.int8_views[src].scale[0]))
 
 
 def test_promoted_artifact_runs_and_outputs_stay_int8(promoted):
@@ -63,17 +74,13 @@ def test_promoted_artifact_runs_and_outputs_stay_int8(promoted):
     assert any(np.ptp(interp.get_tensor(o["index"])) > 0 for o in outs)
 
 
-def test_budget_selects_within_budget_and_records_it(tmp_path):
-    out = tmp_path / "budget.tflite"
-    res = convert(shared_path("models", "yolov8n.onnx"), shared_path("coco-calib"), out,
-                  ConvertConfig(calib_count=CALIB_N, int16_budget=0.3), progress=False)
-    mp = res.meta.edgeq["mixed_precision"]
-    assert mp["budget_percent"] == 0.3 and mp["selection"] == "sensitivity"
-    assert 0 < mp["elements_percent"] <= 0.3
-    assert mp["units"] and mp["int16"]
-    details = _details(out)
-    assert all(np.dtype(details[n]["dtype"]).name == "int16" for n in mp["int16"])
-    assert set(res.plan.notes["planner"]["int16_tensors"]) == set(mp["int16"])
+def test_budget_selects_within_budget_and_records_it(promoted):
+    mp = promoted.meta.edgeq["mixed_precision"]
+    assert mp["budget_percent"] == BUDGET and mp["selection"] == "sensitivity" and mp["sensitivity_images"] == 1
+    assert mp["budget_unit"] == "activation elements"
+    assert 0.9 < mp["elements_percent"] <= BUDGET  # the explicit closure (~0.94%) counts against it
+    assert mp["units"] and mp["candidates"] >= len(mp["units"])
+    assert all(u["name"] in mp["int16"] for u in mp["units"])
 
 
 def test_choose_int16_respects_budget_and_prefers_noise():
