@@ -154,9 +154,11 @@ def test_layer_tables_and_advice_render(analysis, tmp_path):
 
     rows = [
         LayerRow(rank=1, name="/model.1/act/Mul_output_0", op="Mul", members=("/model.1/act/Mul_output_0",),
-                 elements=819200, int16_elements=1638400, dtype="int8", noise=0.02, share=0.5, head_sqnr_db=17.0,
+                 elements=819200, int16_elements=1638400, dtype="int8",
+                 int16_tensors=("/model.1/act/Mul_output_0", "/model.2/cv1/conv/Conv_output_0"), noise=0.02, share=0.5, head_sqnr_db=17.0,
                  kinds_db={"scores": 15.0, "boxes": 28.0}, promotable=True),
         LayerRow(rank=2, name="scores_2", op="Conv", members=("scores_2",), elements=32000, int16_elements=32000,
+                 int16_tensors=("scores_2",),
                  dtype="int8", noise=0.02, share=0.5, head_sqnr_db=17.0, kinds_db={"scores": 15.0, "boxes": math.inf},
                  promotable=False),
     ]
@@ -165,7 +167,7 @@ def test_layer_tables_and_advice_render(analysis, tmp_path):
     print_analysis(a, console)
     text = console.export_text()
     assert "/model.1/act/Mul_output_0" in text and "--int16 /model.1/act/Mul_output_0" in text
-    assert a.predicted_sqnr_after(1) > a.predicted_sqnr_after(0)
+    assert a.predicted_sqnr_after(1) == pytest.approx(a.predicted_sqnr_after(0) + 10 * math.log10(2))
     md = to_markdown(a)
     assert "reaches an output" in md and "| 1 | `/model.1/act/Mul_output_0`" in md
     assert "<svg" in to_html(a) and json.loads(json.dumps(a.to_json()))["layers"][1]["kinds_db"]["boxes"] == "inf"

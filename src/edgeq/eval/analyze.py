@@ -158,6 +158,7 @@ class LayerRow:
     members: tuple[str, ...]
     elements: int
     int16_elements: int  # elements made int16 by promoting it (its closure, see quant.mixed)
+    int16_tensors: tuple[str, ...]  # that closure
     dtype: str  # dtype in the artifact
     noise: float
     share: float  # of the summed noise of all units
@@ -189,8 +190,10 @@ class Analysis:
         return sum(r.noise for r in self.layers)
 
     def predicted_sqnr_after(self, k: int) -> float:
-        """Predicted head SQNR (dB, float-graph estimate) with the top ``k`` promotable layers int16."""
-        removed = sum(r.noise for r in self.promotable_layers()[:k])
+        """Predicted head SQNR (dB, from the summed layer noises) with the top ``k`` promotable
+        layers promoted: a layer's noise is removed once every tensor of its closure is int16."""
+        chosen = {t for r in self.promotable_layers()[:k] for t in r.int16_tensors}
+        removed = sum(r.noise for r in self.promotable_layers() if set(r.int16_tensors) <= chosen)
         return sqnr_db(max(self.total_noise - removed, 1e-30))
 
     def promotable_layers(self) -> list[LayerRow]:
@@ -220,10 +223,12 @@ class Analysis:
         prom = self.promotable_layers()[:top]
         if prom:
             names = ",".join(r.name for r in prom[:3])
-            pct = 100.0 * sum(r.int16_elements for r in prom[:3]) / max(self.total_elements, 1)
+            sizes = {t: r.elements for r in self.layers for t in r.members}
+            top3 = {t for r in prom[:3] for t in r.int16_tensors}
+            pct = 100.0 * sum(sizes.get(t, 0) for t in top3) / max(self.total_elements, 1)
             lines.append(
                 f"To win this back, keep the most sensitive activations in int16 (16x8 kernels): "
-                f"`edgeq convert ... --int16 {names}` (at most {pct:.1f}% of activation elements with the ops reading them; predicted head SQNR "
+                f"`edgeq convert ... --int16 {names}` ({pct:.1f}% of activation elements, with the ops reading them; predicted head SQNR "
                 f"{sqnr_db(total):.1f} -> {self.predicted_sqnr_after(3):.1f} dB), or let edgeq choose with "
                 f"`--int16-budget 5` (at most 5% of activation elements in int16). LiteRT runs 16x8 ops on its "
                 f"reference-style kernels, not XNNPACK: expect the CPU latency to grow several-fold, most for early, "
@@ -359,7 +364,8 @@ def analyze(
             promoted = closure(s.members, prep.graph, all_units)
             layers.append(LayerRow(
                 rank=i + 1, name=s.name, op=s.op, members=s.members, elements=s.elements,
-                int16_elements=sum(sizes.get(t, 0) for t in promoted), dtype=params[s.name].dtype,
+                int16_elements=sum(sizes.get(t, 0) for t in promoted), int16_tensors=tuple(promoted),
+                dtype=params[s.name].dtype,
                 noise=s.noise, share=s.noise / total, head_sqnr_db=s.error.sqnr_db,
                 kinds_db=s.error.kind_sqnr_db(), promotable=not keep.intersection(promoted),
             ))
