@@ -88,7 +88,7 @@ def test_sensitivity_is_deterministic_and_ranks(float_setup):
 
 
 def test_quantizing_an_output_alone_matches_numpy_fake_quant(float_setup):
-    prep, acts, params = float_setup
+    _, acts, params = float_setup
     name = "scores_1"
     sens = unit_sensitivity(acts, [[name]], params, head=None)[0]
     ref = acts.head(0)

@@ -32,7 +32,13 @@ import numpy as np
 
 from edgeq.calib.dataset import calibration_set
 from edgeq.errors import ArtifactError
-from edgeq.eval.sensitivity import ErrorAccumulator, FloatActivations, HeadError, sqnr_db, unit_sensitivity
+from edgeq.eval.sensitivity import (
+    ErrorAccumulator,
+    FloatActivations,
+    HeadError,
+    sqnr_db,
+    unit_sensitivity,
+)
 from edgeq.quant.constraints import Rule, constraint
 from edgeq.quant.mixed import activation_elements, closure, interface, promotion_units
 from edgeq.quant.plan import QParams
@@ -183,6 +189,7 @@ class Analysis:
     float_tensors: int
     scores: list[ScoreResolution] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    tensor_elements: dict[str, int] = field(default_factory=dict)  # activation -> elements
 
     # -- derived ---------------------------------------------------------------------------------
     @property
@@ -223,9 +230,8 @@ class Analysis:
         prom = self.promotable_layers()[:top]
         if prom:
             names = ",".join(r.name for r in prom[:3])
-            sizes = {t: r.elements for r in self.layers for t in r.members}
             top3 = {t for r in prom[:3] for t in r.int16_tensors}
-            pct = 100.0 * sum(sizes.get(t, 0) for t in top3) / max(self.total_elements, 1)
+            pct = 100.0 * sum(self.tensor_elements.get(t, 0) for t in top3) / max(self.total_elements, 1)
             lines.append(
                 f"To win this back, keep the most sensitive activations in int16 (16x8 kernels): "
                 f"`edgeq convert ... --int16 {names}` ({pct:.1f}% of activation elements, with the ops reading them; predicted head SQNR "
@@ -369,12 +375,14 @@ def analyze(
                 noise=s.noise, share=s.noise / total, head_sqnr_db=s.error.sqnr_db,
                 kinds_db=s.error.kind_sqnr_db(), promotable=not keep.intersection(promoted),
             ))
-    total_elements = sum(activation_elements(prep.graph).values())
+    tensor_elements = activation_elements(prep.graph)
+    total_elements = sum(tensor_elements.values())
     scores = score_resolution(acts, params, prep.head)
     return Analysis(
         model=str(model_path), artifact=str(artifact_path), split=split, images=len(rgbs),
         tensors=tensors, layers=layers, artifact_error=art_err, total_elements=total_elements,
         shared_tensors=len(tensors), float_tensors=len(acts.names), scores=scores, notes=notes,
+        tensor_elements=tensor_elements,
     )
 
 
@@ -516,8 +524,8 @@ def to_markdown(a: Analysis, top: int = 25) -> str:
     out = [
         f"# edgeq analyze: {Path(a.artifact).name}",
         "",
-        f"Float model `{Path(a.model).name}`, split `{a.split}`, {a.images} images. "
-        f"{a.shared_tensors} of {a.float_tensors} float tensors matched by name.",
+        (f"Float model `{Path(a.model).name}`, split `{a.split}`, {a.images} images. "
+         f"{a.shared_tensors} of {a.float_tensors} float tensors matched by name."),
         "",
         "## Findings",
         "",
@@ -546,9 +554,10 @@ def to_markdown(a: Analysis, top: int = 25) -> str:
         out += [
             "## Per-layer sensitivity",
             "",
-            "Each row: only this layer (and the tensors sharing its parameters) quantized with the "
-            "artifact's scale and zero point, the rest of the graph in float. *share* is its part of "
-            "the summed head noise of all layers; promoting a layer to int16 removes about that share.",
+            ("Each row: only this layer (and the tensors sharing its parameters) quantized with the "
+             "artifact's scale and zero point, the rest of the graph in float. *share* is its part of "
+             "the summed head noise of all layers; promoting a layer to int16 removes about that share "
+             "(*int16 cost*: elements made int16, the layer plus the outputs of the ops reading it)."),
             "",
             "| # | layer | op | dtype | int16 cost | share | cum. | head SQNR dB | " + " | ".join(sorted(a.layers[0].kinds_db)) + " |",
             "|---|---|---|---|---|---|---|---|" + "---|" * len(a.layers[0].kinds_db),
@@ -687,6 +696,19 @@ def write_reports(a: Analysis, prefix: str | Path) -> list[Path]:
     return paths
 
 
-__all__ = ["Analysis", "LayerRow", "ScoreResolution", "TensorRow", "analyze", "score_resolution", "artifact_params", "open_interpreter",
-           "print_analysis", "stored_perm", "to_html", "to_markdown", "write_reports"]
+__all__ = [
+    "Analysis",
+    "LayerRow",
+    "ScoreResolution",
+    "TensorRow",
+    "analyze",
+    "artifact_params",
+    "open_interpreter",
+    "print_analysis",
+    "score_resolution",
+    "stored_perm",
+    "to_html",
+    "to_markdown",
+    "write_reports",
+]
 

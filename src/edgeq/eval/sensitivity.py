@@ -76,7 +76,7 @@ class ErrorAccumulator:
             for kind, noise, signal in _decoded_errors(ref, test, head):
                 self._add(self.decoded, kind, noise, signal)
 
-    def result(self) -> "HeadError":
+    def result(self) -> HeadError:
         raw = {k: v[0] / max(v[1], _TINY) for k, v in self.raw.items()}
         dec = {k: v[0] / max(v[1], _TINY) for k, v in self.decoded.items()}
         return HeadError(raw=raw, decoded=dec)
@@ -119,7 +119,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 def _dfl_distances(x: np.ndarray, reg_max: int) -> np.ndarray:
     """(1, 4*R, H, W) DFL logits -> (4, H, W) expected distances in grid cells."""
-    _, c, h, w = x.shape
+    h, w = x.shape[2:]
     x = x.reshape(4, reg_max, h, w).astype(np.float64)
     e = np.exp(x - x.max(axis=1, keepdims=True))
     p = e / e.sum(axis=1, keepdims=True)
