@@ -1,0 +1,260 @@
+"""Collapse guard: check, after conversion, that every output survived INT8.
+
+The failure this exists for is silent: an artifact that loads, runs and decodes, but whose
+outputs have lost their information, because one INT8 scale had to cover values of very
+different sizes. The upstream "combined" YOLOv8 output is the standard example: boxes, class
+scores and mask coefficients share one scale, so with pixel boxes (0..640) every score rounds
+to 0, and with mask coefficients (about +-20) every box moves in 16-pixel steps.
+
+The guard runs the float graph and the written artifact on a few calibration images and checks
+each output *component* (a whole smart output, or the boxes / scores / coefficient rows of a
+combined one) in the units that matter to decoding:
+
+* the quantization **step** in natural units: pixels for boxes, probability for scores, logits
+  for pre-sigmoid scores and DFL logits;
+* **levels**: how many INT8 steps span the component's observed float range;
+* **SQNR** (dB) of the dequantized artifact against the float graph.
+
+Each component is ``ok``, ``warn`` or ``collapse``; the pipeline logs warnings with the
+concrete fix and records the report in the artifact's provenance. Intermediate tensors are
+checked too, and reported when they have collapsed (almost no signal left).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgeq.meta.schema import Output
+from edgeq.quant.observe import ArtifactProbe, FloatProbe
+
+#: Calibration images the guard runs.
+IMAGES = 4
+
+#: kind -> (warn, collapse) limits on the quantization step in the kind's natural unit.
+STEP_LIMITS: Mapping[str, tuple[float, float]] = {
+    "boxes": (2.0, 8.0),  # pixels
+    "scores": (0.01, 0.05),  # probability
+    "logits": (0.5, 1.0),  # pre-sigmoid / DFL logits
+}
+#: (warn, collapse): fewest INT8 steps that must span a component's float range.
+LEVEL_LIMITS = (64, 16)
+#: (warn, collapse): least SQNR (dB) of an output component against the float graph.
+SQNR_LIMITS = (10.0, 4.0)
+#: An intermediate tensor below this SQNR (dB) is reported as collapsed.
+TENSOR_COLLAPSE_DB = 0.0
+
+
+@dataclass(frozen=True)
+class Component:
+    """A part of one output that is decoded one way.
+
+    Attributes:
+        tensor: the output's ONNX (= artifact) tensor name.
+        kind: ``boxes`` (coordinates), ``scores`` (probabilities), ``logits`` (pre-sigmoid
+            scores, DFL or anchor logits) or ``values`` (mask coefficients, protos, other).
+        axis / start / stop: the slice of the output (ONNX layout) the component covers
+            (``axis`` None: the whole tensor).
+        unit: multiplies the step to get natural units (input size for normalized boxes).
+    """
+
+    tensor: str
+    kind: str
+    axis: int | None = None
+    start: int = 0
+    stop: int | None = None
+    unit: float = 1.0
+
+    @property
+    def label(self) -> str:
+        return self.tensor if self.axis is None else f"{self.tensor}[{self.kind}]"
+
+    def take(self, x: np.ndarray) -> np.ndarray:
+        if self.axis is None:
+            return x
+        index = [slice(None)] * x.ndim
+        index[self.axis] = slice(self.start, self.stop)
+        return x[tuple(index)]
+
+
+@dataclass
+class Check:
+    """The verdict on one component (or collapsed intermediate tensor)."""
+
+    name: str
+    kind: str
+    status: str
+    sqnr_db: float
+    step: float
+    levels: float
+    codes_used: int
+    reason: str = ""
+    fix: str = ""
+
+
+@dataclass
+class GuardReport:
+    """All checks; ``warnings`` are the ones to tell the user about."""
+
+    checks: list[Check] = field(default_factory=list)
+    images: int = 0
+
+    @property
+    def warnings(self) -> list[Check]:
+        return [c for c in self.checks if c.status != "ok"]
+
+    @property
+    def collapsed(self) -> bool:
+        return any(c.status == "collapse" for c in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "status": "collapse" if self.collapsed else ("warn" if self.warnings else "ok"),
+            "outputs": [_rounded(c) for c in self.checks if c.kind != "tensor"],
+            "warnings": [_rounded(c) for c in self.warnings],
+        }
+
+
+def _rounded(c: Check) -> dict[str, Any]:
+    d = asdict(c)
+    for k in ("sqnr_db", "step", "levels"):
+        d[k] = None if not np.isfinite(d[k]) else round(float(d[k]), 4)
+    return {k: v for k, v in d.items() if v not in ("", None)}
+
+
+def components(outputs: Sequence[Output], nc: int, imgsz: int) -> list[Component]:
+    """The components of an artifact's outputs, from its metadata."""
+    found: list[Component] = []
+    for out in outputs:
+        for phys in out.physical:
+            found.extend(_components_of(out, phys, nc, imgsz))
+    return found
+
+
+def _components_of(out: Output, phys: Output, nc: int, imgsz: int) -> list[Component]:
+    name = phys.name
+    if out.type == "detection" and not out.children:
+        return _combined(name, phys, nc, imgsz, bool(out.normalized))
+    if out.type in ("boxes", "scores") and (out.encoding == "dfl" or out.activation_required == "sigmoid"):
+        return [Component(name, "logits")]
+    if out.type == "detection" or out.activation_required == "sigmoid":
+        return [Component(name, "logits")]
+    if out.type == "scores":
+        return [Component(name, "scores")]
+    return [Component(name, "values")]
+
+
+def _combined(name: str, phys: Output, nc: int, imgsz: int, normalized: bool) -> list[Component]:
+    """[1, 4+nc(+nm), N] (YOLOv8: features on axis 1) or [1, N, 5+nc] (YOLOv5: axis 2)."""
+    unit = float(imgsz) if normalized else 1.0
+    if phys.score_format == "obj_x_class":
+        return [Component(name, "boxes", 2, 0, 4, unit), Component(name, "scores", 2, 4, None)]
+    parts = [Component(name, "boxes", 1, 0, 4, unit), Component(name, "scores", 1, 4, 4 + nc)]
+    if phys.shape[1] > 4 + nc:
+        parts.append(Component(name, "values", 1, 4 + nc, None))
+    return parts
+
+
+class _Stats:
+    """Signal, noise, observed range and codes of one component over the images."""
+
+    def __init__(self) -> None:
+        self.signal = self.noise = 0.0
+        self.lo, self.hi = np.inf, -np.inf
+        self.seen = np.zeros(1 << 16, bool)
+
+    def add(self, ref: np.ndarray, approx: np.ndarray, codes: np.ndarray | None = None) -> None:
+        ref64 = ref.astype(np.float64)
+        self.signal += float(np.sum(ref64**2))
+        self.noise += float(np.sum((ref64 - approx) ** 2))
+        self.lo, self.hi = min(self.lo, float(ref.min())), max(self.hi, float(ref.max()))
+        if codes is not None:
+            self.seen[(codes.astype(np.int64).ravel() + (1 << 15)) & 0xFFFF] = True
+
+    @property
+    def codes_used(self) -> int:
+        return int(self.seen.sum())
+
+    @property
+    def sqnr_db(self) -> float:
+        if self.noise == 0:
+            return float("inf")
+        return 10.0 * float(np.log10(max(self.signal, 1e-30) / self.noise))
+
+
+def check_artifact(graph: onnx.ModelProto, buffer: bytes, layouts: Mapping[str, Sequence[int]],
+                   parts: Sequence[Component], images: Sequence[np.ndarray], *, split: str = "smart",
+                   threads: int | None = None) -> GuardReport:
+    """Run the float graph and the artifact on ``images`` and judge every component.
+
+    Args:
+        graph: the float graph the artifact was written from.
+        buffer / layouts: the TFLite flatbuffer and its ONNX-name -> stored axis order map.
+        parts: output components (see :func:`components`).
+        images: letterboxed RGB uint8 HWC images (a few calibration images).
+        split: the artifact's split mode, for the suggested fix.
+    """
+    probe = ArtifactProbe(buffer, layouts, threads)
+    names = [n for n in probe.names() if n not in {i.name for i in graph.graph.input}]
+    floats = FloatProbe(graph, names, threads)
+    stats = {p.label: _Stats() for p in parts}
+    tensors = {n: _Stats() for n in names}
+    for rgb in images:
+        probe.run(rgb)
+        ref = floats.run(rgb)
+        for p in parts:
+            stats[p.label].add(p.take(ref[p.tensor]), p.take(probe.value(p.tensor)), p.take(probe.codes(p.tensor)))
+        for n in names:
+            tensors[n].add(ref[n], probe.value(n))
+    checks = [_judge(p, stats[p.label], probe.tensors[p.tensor].scale, split) for p in parts]
+    outputs = {p.tensor for p in parts}
+    checks.extend(_tensor_check(n, s, probe.tensors[n].scale) for n, s in tensors.items()
+                  if n not in outputs and s.sqnr_db < TENSOR_COLLAPSE_DB)
+    return GuardReport(checks, len(images))
+
+
+def _judge(p: Component, s: _Stats, scale: float, split: str) -> Check:
+    step = scale * p.unit
+    levels = (s.hi - s.lo) / scale if s.hi > s.lo else float("inf")
+    status, reasons = "ok", []
+    limits = STEP_LIMITS.get(p.kind)
+    for verdict, i in (("collapse", 1), ("warn", 0)):
+        bad = []
+        if limits and step >= limits[i]:
+            bad.append(f"step {step:.4g} {_UNITS[p.kind]} (limit {limits[i]:g})")
+        if levels < LEVEL_LIMITS[i]:
+            bad.append(f"only {levels:.0f} steps span its range (limit {LEVEL_LIMITS[i]})")
+        if s.sqnr_db < SQNR_LIMITS[i]:
+            bad.append(f"SQNR {s.sqnr_db:.1f} dB (limit {SQNR_LIMITS[i]:g} dB)")
+        if bad:
+            status, reasons = verdict, bad
+            break
+    check = Check(p.label, p.kind, status, s.sqnr_db, step, levels, s.codes_used, "; ".join(reasons))
+    if status != "ok":
+        check.fix = _fix(p, split)
+    return check
+
+
+_UNITS = {"boxes": "px", "scores": "(probability)", "logits": "logits", "values": ""}
+
+
+def _fix(p: Component, split: str) -> str:
+    if p.axis is not None or split == "combined":
+        return ("convert with --split smart: every head output then gets its own INT8 scale "
+                "(the combined output shares one scale across boxes, scores and mask coefficients)")
+    return ("the output's range is set by rare extreme values: calibrate on more, representative "
+            "images (letterboxed like deployment, >= 100), or promote it to int16 with --int16 " + p.tensor)
+
+
+def _tensor_check(name: str, s: _Stats, scale: float) -> Check:
+    levels = (s.hi - s.lo) / scale if s.hi > s.lo else float("inf")
+    return Check(name, "tensor", "warn", s.sqnr_db, scale, levels, 0,
+                 f"intermediate SQNR {s.sqnr_db:.1f} dB: the INT8 value carries almost no signal",
+                 f"try --calib-method minmax, or --int16 {name}")
+
+
+__all__ = ["Check", "Component", "GuardReport", "check_artifact", "components"]
