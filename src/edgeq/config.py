@@ -17,7 +17,9 @@ class ConvertConfig:
             scale, decode in float on the CPU); ``combined`` quantizes the whole graph with its
             single concatenated output (the upstream baseline).
         calib_count: use the first N calibration images (None: all).
-        calib_method: range setting for intermediate tensors: auto | minmax | percentile | mse.
+        calib_method: range setting for intermediate tensors: auto (per tensor, the candidate
+            with the least expected error as seen through the tensor's consumers, e.g. after
+            SiLU) | minmax | percentile | mse | entropy (see :mod:`edgeq.calib.ranges`).
         output_method: range setting for the artifact's outputs; min/max keeps the rare
             high-confidence logits that ranking depends on.
         split_hints: optional EdgeFirst split_hints (YAML/JSON file) to check and name the cut.
@@ -27,16 +29,27 @@ class ConvertConfig:
         int16_budget: percent of activation elements that may be int16, filled with the
             activations whose int8 quantization costs the most head accuracy (measured on the
             first few calibration images; see :mod:`edgeq.quant.mixed`). None: off.
+        bias_correction: fold the per-channel error INT8 adds at each conv into its bias,
+            front to back on a fake-quantized run (:mod:`edgeq.quant.bias_correction`).
+        equalize: cross-layer equalization of the conv pairs where it is exact (linear or
+            positively homogeneous ops between them; :mod:`edgeq.graph.passes.equalize`). Off:
+            YOLOv8 has almost no exact pairs (SiLU everywhere) and on the few there are (the -seg
+            Proto upsample, SPPF without its SiLU) it measured no gain.
+        guard: check the written outputs against the float graph and warn when one collapses
+            (:mod:`edgeq.quant.guard`).
     """
 
     split: SplitMode = "smart"
     calib_count: int | None = None
-    calib_method: str = "minmax"
+    calib_method: str = "auto"
     output_method: str = "minmax"
     split_hints: Path | None = None
     threads: int | None = None
     int16: tuple[str, ...] = ()
     int16_budget: float | None = None
+    bias_correction: bool = True
+    equalize: bool = False
+    guard: bool = True
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

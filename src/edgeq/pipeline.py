@@ -8,7 +8,7 @@ import os
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,13 @@ from tqdm import tqdm
 from edgeq.calib.collect import collect_histograms
 from edgeq.calib.dataset import CalibrationSet, calibration_set
 from edgeq.calib.histogram import NUM_BINS, StreamingHistogram
-from edgeq.calib.ranges import choose_range
+from edgeq.calib.ranges import IDENTITY, choose_range, consumer_transfers
 from edgeq.config import ConvertConfig
 from edgeq.errors import EdgeqError
 from edgeq.graph.cut import cut_at_head
 from edgeq.graph.heads import HeadSpec, apply_split_hints, discover_head
 from edgeq.graph.load import LoadedModel, load_model
+from edgeq.graph.passes.equalize import equalize
 from edgeq.graph.passes.normalize_boxes import normalize_boxes
 from edgeq.meta.build import build_meta, combined_family, combined_outputs, smart_outputs
 from edgeq.meta.embed import append_zip, metadata_files
@@ -42,6 +43,7 @@ class Prepared:
     graph: onnx.ModelProto
     head: HeadSpec | None
     normalized_boxes: bool
+    techniques: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -71,12 +73,22 @@ def prepare(model_path: str | Path, config: ConvertConfig) -> Prepared:
     loaded = load_model(model_path)
     if config.split == "combined":
         normalized = normalize_boxes(loaded.model, loaded.info.imgsz)
-        return Prepared(loaded, loaded.model, None, normalized)
+        return _equalized(Prepared(loaded, loaded.model, None, normalized), config)
     head = discover_head(loaded.model, loaded.info)
     hints = _load_hints(config.split_hints) if config.split_hints else _embedded_hints(loaded)
     if hints:
         head = apply_split_hints(head, hints)
-    return Prepared(loaded, cut_at_head(loaded.model, head), head, False)
+    return _equalized(Prepared(loaded, cut_at_head(loaded.model, head), head, False), config)
+
+
+def _equalized(prep: Prepared, config: ConvertConfig) -> Prepared:
+    """Cross-layer equalization of the exact conv pairs, if enabled (data-free: ``prepare`` stays
+    image-free, and ``edgeq analyze`` rebuilds the same graph from the recorded config)."""
+    if config.equalize:
+        eq = equalize(prep.graph)
+        prep.graph = eq.model
+        prep.techniques["equalize"] = eq.record
+    return prep
 
 
 def _embedded_hints(loaded: LoadedModel) -> list[dict[str, Any]]:
@@ -97,12 +109,17 @@ def calibrate(graph: onnx.ModelProto, calib: CalibrationSet, imgsz: tuple[int, i
 def make_plan(graph: onnx.ModelProto, hists: dict[str, StreamingHistogram], config: ConvertConfig, int16: Iterable[str] = ()) -> QuantPlan:
     """Choose a range per tensor, then the constrained INT8 parameters (``int16``: 16x8 tensors)."""
     outputs = {o.name for o in graph.graph.output}
+    inputs = {i.name for i in graph.graph.input}  # pinned to the input quantization: no range to choose
+    transfers = consumer_transfers(graph)
     ranges, methods = {}, {}
     for name, h in hists.items():
+        if name in inputs:
+            continue
         method = config.output_method if name in outputs else config.calib_method
-        ranges[name], methods[name] = choose_range(h, method)
+        ranges[name], methods[name] = choose_range(h, method, transfer=transfers.get(name, IDENTITY))
     plan = plan_from_ranges(graph, ranges, methods=methods, int16=int16)
     plan.notes["range_methods"] = dict(sorted(Counter(methods.values()).items()))
+    plan.notes["range_transfers"] = dict(sorted(Counter(t.name for n, t in transfers.items() if n in hists).items()))
     return plan
 
 
@@ -142,6 +159,11 @@ def _provenance(prep: Prepared, calib: CalibrationSet, plan: QuantPlan, config: 
             "method": config.calib_method,
             "output_method": config.output_method,
             "methods_used": plan.notes.get("range_methods", {}),
+            "transfers": plan.notes.get("range_transfers", {}),
+        },
+        "techniques": {
+            "equalize": prep.techniques.get("equalize", False),
+            "bias_correction": prep.techniques.get("bias_correction", False),
         },
         "config": config.to_json(),
     }
@@ -158,6 +180,35 @@ def _write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _bias_corrected(prep: Prepared, plan: QuantPlan, calib: CalibrationSet, config: ConvertConfig) -> onnx.ModelProto:
+    """The graph to write: ``prep.graph`` with conv biases absorbing INT8's mean error (if enabled)."""
+    if not config.bias_correction:
+        return prep.graph
+    from itertools import islice
+
+    from edgeq.quant.bias_correction import IMAGES, correct_biases
+
+    images = list(islice(calib.images(prep.loaded.info.imgsz), IMAGES))
+    corrected = correct_biases(prep.graph, plan, images)
+    prep.techniques["bias_correction"] = corrected.record
+    return corrected.model
+
+
+def _guard(prep: Prepared, written: Any, outputs: list[Any], calib: CalibrationSet, config: ConvertConfig) -> dict[str, Any]:
+    """Check every output of the written artifact against the float graph; log what collapsed."""
+    from itertools import islice
+
+    from edgeq.quant.guard import IMAGES, check_artifact, components
+
+    info = prep.loaded.info
+    parts = components(outputs, len(info.names), info.imgsz[0])
+    images = list(islice(calib.images(info.imgsz), IMAGES))
+    report = check_artifact(prep.graph, written.buffer, written.layouts, parts, images, split=config.split, threads=config.threads)
+    for c in report.warnings:
+        log.warning("%s %s: %s. Fix: %s", c.name, c.status, c.reason, c.fix)
+    return report.to_json()
 
 
 def default_output(model_path: Path, config: ConvertConfig) -> Path:
@@ -179,7 +230,8 @@ def export_artifact(
     mixed = None
     if config.int16 or config.int16_budget is not None:
         plan, mixed = _mixed_precision(prep, hists, plan, calib_set, config)
-    written = write_tflite(prep.graph, plan, description=f"edgeq {config.split} int8")
+    graph = _bias_corrected(prep, plan, calib_set, config)
+    written = write_tflite(graph, plan, description=f"edgeq {config.split} int8")
     if prep.head is not None:
         family = prep.head.family
         outputs = smart_outputs(prep.head, written.outputs)
@@ -190,6 +242,8 @@ def export_artifact(
     provenance = _provenance(prep, calib_set, plan, config)
     if mixed is not None:
         provenance["mixed_precision"] = mixed
+    if config.guard:
+        provenance["guard"] = _guard(prep, written, outputs, calib_set, config)
     meta = build_meta(info, outputs, written.inputs[0], provenance, name=name, decoder_version=family)
     files = metadata_files(meta.to_json(), meta.labels)
     _write_atomic(out_path, append_zip(written.buffer, files))
