@@ -12,6 +12,10 @@ With activation ranges ``a_c`` (measured on a few images) and ``C``'s input-chan
 ranges ``r_c``, ``s_c = sqrt(a_c / r_c)`` leaves both at ``sqrt(a_c * r_c)``; without them, the
 producer's weight ranges stand in for ``a_c`` (data-free CLE).
 
+Scaling ``C``'s *input* channels changes the values inside each of its per-output-channel
+quantized filters, so weights that were exactly representable (as in models rebuilt from INT8
+weights) pick up rounding error; the producer's output-channel scale is absorbed exactly.
+
 SiLU (and every other activation that is not positively homogeneous) breaks the equivalence:
 ``SiLU(x / s) != SiLU(x) / s``. In YOLOv8 nearly every conv ends in SiLU, so the exact pairs
 are few: the segmentation Proto's ``ConvTranspose`` upsample feeding ``cv2``, and SPPF's
