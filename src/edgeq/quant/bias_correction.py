@@ -24,7 +24,7 @@ outputs are left alone by default: a head output's error over all anchors is the
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ from edgeq.calib.preprocess import to_nchw_float
 from edgeq.calib.ranges import IDENTITY, Transfer, consumer_transfers
 from edgeq.export.tflite.onnx_graph import GraphView
 from edgeq.quant.plan import QuantPlan
-from edgeq.quant.simulate import WEIGHT_INPUT, LiveValues, fake_quant, fed_params, opset_of, quantized_weights, sessions
+from edgeq.quant.simulate import WEIGHT_INPUT, LiveValues, fed_params, opset_of, quantized_weights, sessions
 
 #: Calibration images used to measure the drift (the first ones of the calibration set).
 IMAGES = 32
@@ -78,9 +78,10 @@ def with_biases(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _channel_means(values: Sequence[np.ndarray]) -> np.ndarray:
+def _channel_means(values: Iterable[np.ndarray]) -> np.ndarray:
     """Per-channel (axis 1) mean over every image and position."""
-    return np.mean([v.astype(np.float64).mean(axis=tuple(i for i in range(v.ndim) if i != 1)) for v in values], axis=0)
+    means = [v.astype(np.float64).mean(axis=tuple(i for i in range(v.ndim) if i != 1)) for v in values]
+    return np.mean(means, axis=0)
 
 
 def _shape(shift: np.ndarray, ndim: int) -> np.ndarray:
@@ -95,50 +96,72 @@ def channel_shift(flt: Sequence[np.ndarray], qnt: Sequence[np.ndarray], transfer
     the function's slope: positions where SiLU is flat (very negative pre-activations, which
     are most of them) barely count, so the shift serves the values the next layer actually
     sees. (Matching the *mean* through SiLU instead is dominated by those flat positions and
-    makes the network worse.) Solved by Gauss-Newton from zero.
+    makes the network worse.) Solved by Gauss-Newton from zero. ``flt``/``qnt`` hold one array
+    per image (any float dtype; each is computed on in float32 one at a time).
     """
     if transfer is IDENTITY:
         return _channel_means(qnt) - _channel_means(flt)
-    targets = [transfer.fn(f) for f in flt]
     d = np.zeros(flt[0].shape[1])
     for _ in range(steps):
-        shifted = [q - _shape(d, q.ndim) for q in qnt]
-        slopes = [transfer.grad(x) for x in shifted]
-        gradient = _channel_means([(transfer.fn(x) - t) * g for x, t, g in zip(shifted, targets, slopes)])
-        curvature = np.maximum(_channel_means([g * g for g in slopes]), 1e-6)
-        d = d + gradient / curvature
+        gradient, curvature = np.zeros_like(d), np.zeros_like(d)
+        for f, q in zip(flt, qnt):
+            x = q.astype(np.float32) - _shape(d, q.ndim)
+            slope = transfer.grad(x)
+            gradient += _channel_means([(transfer.fn(x) - transfer.fn(f.astype(np.float32))) * slope])
+            curvature += _channel_means([slope * slope])
+        d = d + gradient / np.maximum(curvature, 1e-6 * len(flt))
     return d
 
 
 class _Runner:
-    """Runs the float and the fake-quantized graph side by side on a batch of images."""
+    """Runs the float and the fake-quantized graph side by side, node by node, on a few images.
+
+    Every image is held at the current node: float16 float values and integer codes for the
+    quantized ones (exactly its values), a third of float32 storage together. A node runs one
+    image at a time; only a conv's outputs are kept for all images (float16) until its shift
+    is known.
+    """
 
     def __init__(self, model: onnx.ModelProto, plan: QuantPlan, images: Sequence[np.ndarray]) -> None:
         self.view = GraphView(model)
-        self.plan = plan
         self.runs = sessions(self.view, opset_of(model))
         self.float_params = dict(self.view.consts)
         self.quant_params = {**self.view.consts, **quantized_weights(self.view, plan)}
         name = self.view.inputs[0]
-        self.flt = [LiveValues(self.view) for _ in images]
-        self.qnt = [LiveValues(self.view) for _ in images]
+        self.flt = [LiveValues(self.view, half=True) for _ in images]
+        self.qnt = [LiveValues(self.view, grids=plan.activations) for _ in images]
         for f, q, rgb in zip(self.flt, self.qnt, images):
             x = to_nchw_float(rgb)
-            f.values[name], q.values[name] = x, fake_quant(x, plan.activations[name])
+            f[name], q[name] = x, x
 
-    def outputs(self, node: onnx.NodeProto, quant: bool) -> list[dict[str, np.ndarray]]:
-        """The node's raw outputs (before output quantization) on every image."""
-        lives, params = (self.qnt, self.quant_params) if quant else (self.flt, self.float_params)
-        fed = {i: params[i] for i in fed_params(node)}
-        return [self.runs[id(node)]({**live.inputs_of(node), **fed}) for live in lives]
+    def _run(self, node: onnx.NodeProto, live: LiveValues, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.runs[id(node)]({**live.inputs_of(node), **{i: params[i] for i in fed_params(node)}})
 
-    def store(self, node: onnx.NodeProto, flt: list[dict[str, np.ndarray]], qnt: list[dict[str, np.ndarray]]) -> None:
-        for live_f, live_q, out_f, out_q in zip(self.flt, self.qnt, flt, qnt):
-            live_f.values.update(out_f)
-            for name, v in out_q.items():
-                live_q.values[name] = fake_quant(v, self.plan.activations[name]) if name in self.plan.activations else v
-            live_f.release(node)
-            live_q.release(node)
+    def step(self, node: onnx.NodeProto) -> None:
+        """Run a node on every image and store its outputs."""
+        for f, q in zip(self.flt, self.qnt):
+            self._store(node, f, self._run(node, f, self.float_params))
+            self._store(node, q, self._run(node, q, self.quant_params))
+
+    def conv_outputs(self, node: onnx.NodeProto) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """A conv's float outputs and quantized accumulators (before rounding) on every image."""
+        y = node.output[0]
+        flt = [self._run(node, f, self.float_params)[y].astype(np.float16) for f in self.flt]
+        qnt = [self._run(node, q, self.quant_params)[y] for q in self.qnt]
+        return flt, qnt
+
+    def store_conv(self, node: onnx.NodeProto, flt: list[np.ndarray], qnt: list[np.ndarray], shift: np.ndarray) -> None:
+        """Store a conv's outputs, the quantized ones moved by ``-shift`` (its corrected bias)."""
+        y = node.output[0]
+        for f, q, out_f, out_q in zip(self.flt, self.qnt, flt, qnt):
+            self._store(node, f, {y: out_f.astype(np.float32)})
+            self._store(node, q, {y: out_q.astype(np.float32) - _shape(shift, out_q.ndim)})
+
+    @staticmethod
+    def _store(node: onnx.NodeProto, live: LiveValues, outputs: dict[str, np.ndarray]) -> None:
+        for name, v in outputs.items():
+            live[name] = v  # a quantized run stores codes on the planned grid: fake-quantized
+        live.release(node)
 
 
 def correct_biases(model: onnx.ModelProto, plan: QuantPlan, images: Sequence[np.ndarray], *,
@@ -161,14 +184,13 @@ def correct_biases(model: onnx.ModelProto, plan: QuantPlan, images: Sequence[np.
     runner = _Runner(corrected, plan, images)
     shifts: dict[str, np.ndarray] = {}
     for node in runner.view.nodes:
-        flt, qnt = runner.outputs(node, quant=False), runner.outputs(node, quant=True)
         y = node.output[0]
         if node.op_type in WEIGHT_INPUT and node.input[1] in plan.weights and y not in skip:
-            shift = channel_shift([f[y] for f in flt], [q[y] for q in qnt], transfers.get(y, IDENTITY))
-            for q in qnt:
-                q[y] = q[y] - _shape(shift, q[y].ndim)
-            shifts[y] = shift
-        runner.store(node, flt, qnt)
+            flt, qnt = runner.conv_outputs(node)
+            shifts[y] = channel_shift(flt, qnt, transfers.get(y, IDENTITY))
+            runner.store_conv(node, flt, qnt, shifts[y])
+        else:
+            runner.step(node)
     _fold(corrected, runner.view, shifts)
     return BiasCorrection(corrected, shifts, _record(shifts, plan, len(images)))
 

@@ -14,7 +14,8 @@ at the live set of the graph, per image.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -77,21 +78,47 @@ def quantized_weights(view: GraphView, plan: QuantPlan) -> dict[str, np.ndarray]
 
 
 class LiveValues:
-    """Values of one run (one image), freed after their last consumer."""
+    """Values of one run (one image), freed after their last consumer.
 
-    def __init__(self, view: GraphView) -> None:
-        self.values: dict[str, np.ndarray] = {}
+    With ``grids``, a value on a planned integer grid is stored as its integer codes (a quarter
+    of float32) and dequantized when read, which gives back exactly the fake-quantized value;
+    ``half`` stores the other values as float16. Both only save memory when many runs are
+    kept side by side (bias correction keeps every calibration image at the same node).
+    """
+
+    def __init__(self, view: GraphView, grids: Mapping[str, QParams] | None = None, half: bool = False) -> None:
+        self._stored: dict[str, Any] = {}
+        self.grids = grids or {}
+        self.half = half
         self.remaining = {n: len(c) for n, c in view.consumers.items()}
         self.keep = set(view.outputs)
 
+    def __contains__(self, name: str) -> bool:
+        return name in self._stored
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        v = self._stored[name]
+        if isinstance(v, tuple):
+            return v[1].dequantize(v[0])
+        return v.astype(np.float32) if v.dtype == np.float16 else v
+
+    def __setitem__(self, name: str, value: np.ndarray) -> None:
+        grid = self.grids.get(name)
+        if grid is not None:
+            self._stored[name] = (grid.quantize(value), grid)
+        elif self.half and value.dtype == np.float32:
+            self._stored[name] = value.astype(np.float16)
+        else:
+            self._stored[name] = value
+
     def inputs_of(self, node: onnx.NodeProto) -> dict[str, np.ndarray]:
-        return {i: self.values[i] for i in node.input if i in self.values}
+        return {i: self[i] for i in node.input if i in self}
 
     def release(self, node: onnx.NodeProto) -> None:
-        for i in dict.fromkeys(x for x in node.input if x in self.values):
+        for i in dict.fromkeys(x for x in node.input if x in self):
             self.remaining[i] -= 1
             if self.remaining[i] == 0 and i not in self.keep:
-                del self.values[i]
+                del self._stored[i]
 
 
 def fed_params(node: onnx.NodeProto) -> list[str]:
@@ -118,13 +145,13 @@ def simulate(model: onnx.ModelProto, plan: QuantPlan, inputs: Sequence[np.ndarra
     for x in inputs:
         live = LiveValues(view)
         live.keep.update(keep)
-        live.values[view.inputs[0]] = fake_quant(x, plan.activations[view.inputs[0]])
+        live[view.inputs[0]] = fake_quant(x, plan.activations[view.inputs[0]])
         for node in view.nodes:
             values = {**live.inputs_of(node), **{i: params[i] for i in fed_params(node)}}
             for name, v in runs[id(node)](values).items():
-                live.values[name] = fake_quant(v, plan.activations[name]) if name in plan.activations else v
+                live[name] = fake_quant(v, plan.activations[name]) if name in plan.activations else v
             live.release(node)
-        results.append({o: live.values[o] for o in [*view.outputs, *keep]})
+        results.append({o: live[o] for o in [*view.outputs, *keep]})
     return results
 
 
