@@ -80,7 +80,7 @@ def with_biases(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _channel_means(values: Iterable[np.ndarray]) -> np.ndarray:
     """Per-channel (axis 1) mean over every image and position."""
-    means = [v.astype(np.float64).mean(axis=tuple(i for i in range(v.ndim) if i != 1)) for v in values]
+    means = [v.mean(axis=tuple(i for i in range(v.ndim) if i != 1), dtype=np.float64) for v in values]
     return np.mean(means, axis=0)
 
 

@@ -220,34 +220,34 @@ def check_artifact(graph: onnx.ModelProto, buffer: bytes, layouts: Mapping[str, 
 def _judge(p: Component, s: _Stats, scale: float, split: str) -> Check:
     step = scale * p.unit
     levels = (s.hi - s.lo) / scale if s.hi > s.lo else float("inf")
-    status, reasons = "ok", []
     limits = STEP_LIMITS.get(p.kind)
     for verdict, i in (("collapse", 1), ("warn", 0)):
-        bad = []
+        coarse = []
         if limits and step >= limits[i]:
-            bad.append(f"step {step:.4g} {_UNITS[p.kind]} (limit {limits[i]:g})")
+            coarse.append(f"step {step:.4g} {_UNITS[p.kind]} (limit {limits[i]:g})")
         if levels < LEVEL_LIMITS[i]:
-            bad.append(f"only {levels:.0f} steps span its range (limit {LEVEL_LIMITS[i]})")
-        if s.sqnr_db < SQNR_LIMITS[i]:
-            bad.append(f"SQNR {s.sqnr_db:.1f} dB (limit {SQNR_LIMITS[i]:g} dB)")
-        if bad:
-            status, reasons = verdict, bad
-            break
-    check = Check(p.label, p.kind, status, s.sqnr_db, step, levels, s.codes_used, "; ".join(reasons))
-    if status != "ok":
-        check.fix = _fix(p, split)
-    return check
+            coarse.append(f"only {levels:.0f} steps span its range (limit {LEVEL_LIMITS[i]})")
+        noisy = s.sqnr_db < SQNR_LIMITS[i]
+        if coarse or noisy:
+            reasons = coarse + ([f"SQNR {s.sqnr_db:.1f} dB (limit {SQNR_LIMITS[i]:g} dB)"] if noisy else [])
+            return Check(p.label, p.kind, verdict, s.sqnr_db, step, levels, s.codes_used, "; ".join(reasons),
+                         _fix(p, split, coarse=bool(coarse)))
+    return Check(p.label, p.kind, "ok", s.sqnr_db, step, levels, s.codes_used)
 
 
 _UNITS = {"boxes": "px", "scores": "(probability)", "logits": "logits", "values": ""}
 
 
-def _fix(p: Component, split: str) -> str:
+def _fix(p: Component, split: str, coarse: bool) -> str:
+    """The concrete remedy: the output's own scale is too coarse, or the error arrives from upstream."""
     if p.axis is not None or split == "combined":
         return ("convert with --split smart: every head output then gets its own INT8 scale "
                 "(the combined output shares one scale across boxes, scores and mask coefficients)")
-    return ("the output's range is set by rare extreme values: calibrate on more, representative "
-            "images (letterboxed like deployment, >= 100), or promote it to int16 with --int16 " + p.tensor)
+    if coarse:
+        return ("the output's range is set by rare extreme values: calibrate on more, representative "
+                "images (letterboxed like deployment, >= 100)")
+    return ("the error accumulates upstream: keep --calib-method auto and bias correction on, and run "
+            "`edgeq analyze` to find the layers worth keeping in int16 (--int16 / --int16-budget)")
 
 
 def _tensor_check(name: str, s: _Stats, scale: float) -> Check:
