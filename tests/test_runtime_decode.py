@@ -12,7 +12,7 @@ from edgeq.errors import ArtifactError
 from edgeq.meta.read import read_meta
 from edgeq.meta.schema import ModelMeta, Output, Quant
 from edgeq.runtime import load
-from edgeq.runtime.decode import Decoder, Field, QParams, candidate_anchors, select_scores
+from edgeq.runtime.decode import Decoder, Field, QParams, candidate_anchors, select_scores, single_label_codes
 
 SHARED = Path(os.environ.get("EDGEQ_SHARED", Path(__file__).resolve().parents[1].parent / "shared")) / "data"
 
@@ -161,6 +161,29 @@ def test_integer_threshold_equals_float_threshold(conf: float, sigmoid: bool) ->
             np.testing.assert_array_equal(idx[r], rr)
             np.testing.assert_array_equal(c, rc)
             np.testing.assert_array_equal(s, rs)
+
+
+@pytest.mark.parametrize("conf", [0.0, 0.001, 0.004, 0.01, 0.25, 0.9])
+def test_single_label_codes_equal_float_selection(conf: float) -> None:
+    """Argmax + threshold on the codes == select_scores on dequantized, activated scores.
+
+    Cases: probabilities with the zero point at the lowest code (combined outputs, where conf
+    0.001 used to let every anchor through), sigmoid logits, and a scale so coarse that sigmoid
+    saturates (distinct codes, equal floats: the lowest tied class must win, as in float).
+    """
+    rng = np.random.default_rng(5)
+    cases = (("int8", 1 / 246, -127, None), ("int8", 0.178, 10, "sigmoid"), ("uint8", 0.6, 128, "sigmoid"))
+    for dtype, scale, zp, act in cases:
+        lo, hi = (-128, 128) if dtype == "int8" else (0, 256)
+        q = rng.integers(lo, hi, size=(4000, 80)).astype(dtype)
+        q[:2000] = np.minimum(q[:2000], zp + 2)  # plenty of low scores and ties, as real heads have
+        field = Field("x", 1, slice(None), QParams.from_quant(Quant(scale, zp, dtype), 1, "x"))
+        picks = single_label_codes(field, q, conf, act)
+        rr, rc, rs = _float_reference_candidates(field, q, conf, act == "sigmoid", False)
+        assert picks is not None
+        np.testing.assert_array_equal(picks[0], rr)
+        np.testing.assert_array_equal(picks[1], rc)
+        np.testing.assert_array_equal(picks[2], rs)
 
 
 def test_integer_threshold_per_channel() -> None:

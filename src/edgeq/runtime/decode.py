@@ -25,6 +25,7 @@ decoded by ``anchor_head.AnchorHead``.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -180,14 +181,96 @@ def candidate_anchors(field: Field, rows: np.ndarray, conf: float, activation: s
 
     Quantized rows are compared as integers, so no dequantization happens here.
     """
+    if field.quant is not None and field.quant.scale.ndim == 0:
+        # Per-tensor: the exact code threshold. The conservative one lets the zero point through
+        # at tiny conf (0.001 -> code zp), i.e. almost every anchor of a probability output.
+        return np.flatnonzero(rows.max(axis=1) >= _code_threshold(field.quant, conf, activation))
     raw = _raw_threshold(conf, activation)
     if field.quant is not None:
         code = field.quant.threshold_code(raw)
-        if code.ndim == 0:
-            return np.flatnonzero(rows.max(axis=1) >= code)
         return np.flatnonzero((rows >= code).any(axis=1))
     margin = _LOGIT_MARGIN if activation == "sigmoid" else 0.0
     return np.flatnonzero(rows.max(axis=1) >= raw - margin)
+
+
+def _code_table(q: QParams, activation: str | None) -> tuple[int, np.ndarray] | None:
+    """(lowest code, activated value of every code) of a per-tensor 8-bit field, else None."""
+    if q.scale.ndim != 0 or q.dtype not in ("int8", "uint8"):
+        return None
+    lo, hi = _QRANGE[q.dtype]
+    codes = np.arange(lo, hi + 1).astype(q.dtype)
+    # The same dequantize + activate as the float path, so the values are the same numbers.
+    return lo, _activate(q.dequantize(codes), activation)
+
+
+@functools.lru_cache(maxsize=64)
+def _exact_code(scale: float, zero_point: float, dtype: str, activation: str | None, conf: float) -> int | None:
+    """Smallest code of a per-tensor 8-bit field whose activated value can exceed ``conf``.
+
+    A tiny relative margin keeps it a (one-code at most) superset whatever rounding differs
+    between this table and the candidates' own evaluation; the exact ``> conf`` test follows.
+    """
+    q = QParams(np.float32(scale), np.float32(zero_point), dtype)
+    table = _code_table(q, activation)
+    if table is None:
+        return None
+    lo, values = table
+    above = np.flatnonzero(values >= conf - 1e-6 * abs(conf))
+    return lo + int(above[0]) if above.size else _QRANGE[dtype][1] + 1
+
+
+def _code_threshold(q: QParams, conf: float, activation: str | None) -> int | np.ndarray:
+    """Code threshold of a per-tensor field: exact for 8-bit codes, else conservative by one."""
+    code = _exact_code(float(q.scale), float(q.zero_point), q.dtype, activation, float(conf))
+    return code if code is not None else q.threshold_code(_raw_threshold(conf, activation))
+
+
+@functools.lru_cache(maxsize=64)
+def _canonical_codes(scale: float, zero_point: float, dtype: str, activation: str | None) -> np.ndarray | None:
+    """Per code (offset from the lowest), the lowest code with the same activated value.
+
+    None when all codes give distinct values. Sigmoid saturates in float32 (every logit above
+    ~17 is 1.0), so distinct codes can tie as scores; the float argmax then takes the lowest
+    class among the tied ones, which the code argmax must reproduce.
+    """
+    table = _code_table(QParams(np.float32(scale), np.float32(zero_point), dtype), activation)
+    assert table is not None
+    values = table[1]
+    first = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])  # start of each run of equal values
+    canon = first[np.searchsorted(first, np.arange(values.size), side="right") - 1]
+    return None if first.size == values.size else canon
+
+
+def single_label_codes(
+    field: Field, rows: np.ndarray, conf: float, activation: str | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Single-label picks straight from per-tensor 8-bit codes: (anchor, class, score > conf).
+
+    The best class per anchor is chosen and thresholded on the integer codes; only the chosen
+    code of each candidate is dequantized and activated. Returns None when this shortcut does
+    not apply (float or per-channel outputs, other dtypes), so the caller takes the float path.
+    Equal to ``select_scores`` on the dequantized, activated rows, ties included.
+    """
+    q = field.quant
+    if q is None or q.scale.ndim != 0 or q.dtype not in ("int8", "uint8"):
+        return None
+    key = (float(q.scale), float(q.zero_point), q.dtype, activation)
+    code = _exact_code(*key, float(conf))
+    assert code is not None  # an 8-bit per-tensor field always has a table
+    best = rows.max(axis=1)
+    idx = np.flatnonzero(best >= code)
+    cls = rows[idx].argmax(axis=1).astype(np.int64)
+    canon = _canonical_codes(*key)
+    if canon is not None:
+        # Anchors whose best code ties (as a score) with lower codes: pick on canonical codes.
+        lo = _QRANGE[q.dtype][0]
+        off = best[idx].astype(np.int64) - lo
+        tied = np.flatnonzero(canon[off] != off)
+        if tied.size:
+            cls[tied] = canon[rows[idx[tied]].astype(np.int64) - lo].argmax(axis=1)
+    scores = _activate(q.dequantize(best[idx]), activation)
+    keep = np.flatnonzero(scores > conf)
+    return idx[keep], cls[keep], scores[keep]
 
 
 def select_scores(
@@ -201,6 +284,18 @@ def select_scores(
     s = scores[np.arange(scores.shape[0]), c]
     keep = np.flatnonzero(s > conf)
     return keep, c[keep].astype(np.int64), s[keep]
+
+
+def _pick(
+    field: Field, rows: np.ndarray, conf: float, activation: str | None, multi_label: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(anchor, class, score) picks above ``conf`` of one score field (integer shortcut first)."""
+    picks = None if multi_label else single_label_codes(field, rows, conf, activation)
+    if picks is not None:
+        return picks
+    idx = candidate_anchors(field, rows, conf, activation)
+    r, cls, s = select_scores(_activate(field.values(rows[idx]), activation), conf, multi_label)
+    return idx[r], cls, s
 
 
 # ----------------------------------------------------------------------------- boxes
@@ -328,14 +423,9 @@ class PerScaleHead:
         parts = []
         decode_boxes = _BOX_DECODERS[self.encoding]
         for level in self.levels:
-            srows = level.scores.rows(outputs)
-            idx = candidate_anchors(level.scores, srows, conf, level.activation)
-            if idx.size == 0:
+            anchors, cls, s = _pick(level.scores, level.scores.rows(outputs), conf, level.activation, multi_label)
+            if anchors.size == 0:
                 continue
-            r, cls, s = select_scores(_activate(level.scores.values(srows[idx]), level.activation), conf, multi_label)
-            if r.size == 0:
-                continue
-            anchors = idx[r]
             # Multi-label repeats anchors: decode each box once.
             uniq, inv = np.unique(anchors, return_inverse=True) if multi_label else (anchors, None)
             xyxy = decode_boxes(level.boxes.values(level.boxes.rows(outputs)[uniq]), uniq, level)
@@ -496,23 +586,22 @@ class FlatHead:
             flag = bool(np.max(q.scale * (hi - q.zero_point)) <= 2.0)
         return flag
 
-    def _anchor_scores(self, outputs: Arrays, conf: float) -> tuple[np.ndarray, np.ndarray]:
-        """Candidate anchors and their (M, nc) final scores (obj x cls when obj_x_class)."""
-        srows = self.scores.rows(outputs)
-        if self.obj is None:
-            idx = candidate_anchors(self.scores, srows, conf, self.activation)
-            return idx, _activate(self.scores.values(srows[idx]), self.activation)
-        # obj_x_class: cls <= 1, so obj > conf is necessary (the YOLOv5 pre-filter).
+    def _obj_x_class(self, outputs: Arrays, conf: float, multi_label: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(anchor, class, obj x cls score) picks of an ``obj_x_class`` head."""
+        assert self.obj is not None
+        # cls <= 1, so obj > conf is necessary (the YOLOv5 pre-filter).
         orows = self.obj.rows(outputs)
         idx = candidate_anchors(self.obj, orows, conf, self.obj_activation)
         obj = _activate(self.obj.values(orows[idx]), self.obj_activation)
-        cls = _activate(self.scores.values(srows[idx]), self.activation)
-        return idx, obj * cls
+        cls = _activate(self.scores.values(self.scores.rows(outputs)[idx]), self.activation)
+        r, c, s = select_scores(obj * cls, conf, multi_label)
+        return idx[r], c, s
 
     def candidates(self, outputs: Arrays, conf: float, multi_label: bool) -> Candidates:
-        idx, sc = self._anchor_scores(outputs, conf)
-        r, cls, s = select_scores(sc, conf, multi_label)
-        anchors = idx[r]
+        if self.obj is not None:
+            anchors, cls, s = self._obj_x_class(outputs, conf, multi_label)
+        else:
+            anchors, cls, s = _pick(self.scores, self.scores.rows(outputs), conf, self.activation, multi_label)
         b = self.boxes.values(self.boxes.rows(outputs)[anchors])
         normalized = self.normalized
         if normalized is None:  # float output without a declaration: the HAL's "infer" rule
