@@ -8,6 +8,7 @@ import pytest
 
 from edgeq.meta.schema import ModelMeta, Output
 from edgeq.runtime.decode import Decoder
+from edgeq.runtime import nms as nms_module
 from edgeq.runtime.nms import box_iou, nms, nms_cv2
 
 
@@ -36,7 +37,10 @@ def _random_boxes(rng: np.random.Generator, n: int, extent: float = 600) -> tupl
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("aware", [False, True])
-def test_nms_equals_reference(seed: int, aware: bool) -> None:
+@pytest.mark.parametrize("path", ["near_pairs", "chunked"])
+def test_nms_equals_reference(seed: int, aware: bool, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if path == "chunked":
+        monkeypatch.setattr(nms_module, "PAIR_BUDGET", 0)  # every call falls back
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 1500))  # crosses the chunk boundary
     boxes, scores = _random_boxes(rng, n)
@@ -44,6 +48,22 @@ def test_nms_equals_reference(seed: int, aware: bool) -> None:
     for iou, max_det in ((0.5, 300), (0.7, 25), (0.3, 1000)):
         expected = _reference(boxes, scores, iou, max_det, cls)
         np.testing.assert_array_equal(nms(boxes, scores, iou, max_det, cls), expected)
+
+
+def test_nms_long_suppression_chain_and_non_positive_iou() -> None:
+    """A chain where each box only hits the next needs one fixed-point round per link: past
+    MAX_ROUNDS the chunked greedy takes over, with the same result. iou <= 0 has no pair bound."""
+    n = 3 * nms_module.MAX_ROUNDS
+    x = np.arange(n, dtype=np.float32) * 2
+    boxes = np.stack([x, np.zeros(n, np.float32), x + 10, np.full(n, 10, np.float32)], 1)  # IoU(k, k+1) = 2/3
+    scores = np.linspace(1, 0.1, n).astype(np.float32)
+    for iou in (0.6, 0.0, -1.0):
+        np.testing.assert_array_equal(nms(boxes, scores, iou, 1000), _reference(boxes, scores, iou, 1000, None))
+    assert nms(boxes, scores, 0.6, 1000).tolist() == list(range(0, n, 2))  # greedy keeps every other one
+    far = boxes + np.array([1000, 0, 1000, 0], np.float32)  # two classes side by side, one far off
+    both, cls = np.concatenate([boxes, far]), np.repeat([3, 0], n)
+    np.testing.assert_array_equal(nms(both, np.r_[scores, scores], 0.6, 1000, cls),
+                                  _reference(both, np.r_[scores, scores], 0.6, 1000, cls))
 
 
 def test_nms_matches_cv2_on_distinct_scores() -> None:
