@@ -18,9 +18,11 @@ Layouts each path expects (``outputs`` maps the metadata's *physical* output nam
 
 Quantized tensors are thresholded in the integer domain: the candidate test ``max_c q >= q_thr``
 runs on the raw int8/uint8 array, where ``q_thr`` is the smallest code that can dequantize (and
-activate) above ``conf``. It is conservative by at most one code, and survivors are re-checked
-exactly in float, so the result equals "dequantize everything, then threshold" while only the
-candidates are ever dequantized. Anchor-based per-scale heads (``encoding: anchor``, YOLOv5) are
+activate) above ``conf`` (exact for per-tensor 8-bit codes, read off a table of all 256 codes;
+otherwise conservative by at most one code). Survivors are re-checked exactly in float, so the
+result equals "dequantize everything, then threshold" while only the candidates are ever
+dequantized. With per-tensor 8-bit scores and a single label per anchor, the class is also
+picked on the codes (:func:`single_label_codes`), so only one score per candidate is dequantized. Anchor-based per-scale heads (``encoding: anchor``, YOLOv5) are
 decoded by ``anchor_head.AnchorHead``.
 """
 from __future__ import annotations
