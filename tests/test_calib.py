@@ -81,3 +81,24 @@ def test_range_methods():
     assert expected_error(h, *m) < expected_error(h, lo, hi)
     (r, method) = choose_range(h, "auto")
     assert method in ("mse", "percentile") and expected_error(h, *r) <= expected_error(h, *m) + 1e-12
+
+
+RNG_SAMPLING = np.random.default_rng(7)
+
+
+def test_histogram_samples_large_updates_but_keeps_exact_extremes():
+    x = RNG_SAMPLING.normal(size=100_000).astype(np.float32)
+    x[12_345] = 40.0  # an extreme the strided sample skips
+    h = StreamingHistogram(bins=256, max_samples=10_000)
+    h.update(x)
+    assert h.max == 40.0 and h.hi >= 40.0, "min/max must stay exact under sampling"
+    assert h.total == h.counts.sum() == 10_000
+    full = StreamingHistogram(bins=256, max_samples=1 << 30)
+    full.update(x)
+    assert full.total == 100_000
+    # the sampled distribution matches the full one: same 1/99 percentiles within a bin or two
+    width = (h.hi - h.lo) / 256
+    for q in (0.01, 0.99):
+        a = h.centres()[np.searchsorted(np.cumsum(h.counts) / h.total, q)]
+        b = full.centres()[np.searchsorted(np.cumsum(full.counts) / full.total, q)]
+        assert abs(a - b) <= 2 * width

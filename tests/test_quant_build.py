@@ -159,3 +159,23 @@ def test_custom_input_params_are_used_verbatim():
     p = QParams(0.02, -10, "int8")
     plan = plan_from_ranges(m, {"x": (0, 1), "c": (0, 1)}, input_name_params=p)
     assert plan.activations["x"] is p
+
+
+def test_derived_tensors_need_no_statistics_and_plan_as_if_measured():
+    from edgeq.quant.derived import observed_tensors, with_derived_ranges
+
+    nodes = [_conv("x", "c", "w"), helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["c", "s"], ["m"]),
+             helper.make_node("Transpose", ["m"], ["t"], perm=[0, 1, 3, 2]),
+             helper.make_node("MaxPool", ["t"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Transpose", ["p"], ["q"], perm=[0, 1, 3, 2])]
+    m = _model(nodes, ["q"])
+    # derived: the Sigmoid output (fixed) and the inner Transpose (the input's values, permuted);
+    # a MaxPool keeps the large values (another distribution) and q is a graph output: measured
+    assert observed_tensors(m) == ["x", "c", "m", "p", "q"]
+    measured = {"c": (-3.0, 5.0), "m": (-0.3, 4.9), "p": (0.0, 4.95), "q": (0.0, 4.0)}
+    full, filled = with_derived_ranges(m, measured)
+    assert filled == ["s", "t"] and full["t"] == measured["m"] and full["s"] == (0.0, 255 / 256)
+    plan = plan_from_ranges(m, {"x": (0, 1), **full})
+    explicit = plan_from_ranges(m, {"x": (0, 1), **measured, "s": (0.0, 1.0), "t": (-0.2, 4.5)})
+    for name in ("s", "t", "p", "q", "m"):
+        assert plan.activations[name].same_as(explicit.activations[name])

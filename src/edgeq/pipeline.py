@@ -30,6 +30,7 @@ from edgeq.meta.build import build_meta, combined_family, combined_outputs, smar
 from edgeq.meta.embed import append_zip, metadata_files
 from edgeq.meta.schema import ModelMeta
 from edgeq.quant.build import plan_from_ranges
+from edgeq.quant.derived import observed_tensors, with_derived_ranges
 from edgeq.quant.plan import QuantPlan
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,8 @@ def calibrate(graph: onnx.ModelProto, calib: CalibrationSet, imgsz: tuple[int, i
     """Stream the calibration images through the float graph; returns per-tensor histograms."""
     images = tqdm(calib.images(imgsz), total=len(calib), desc="calibrating", unit="img", disable=not progress)
     minmax_only = config.calib_method == "minmax" and config.output_method == "minmax"
-    return collect_histograms(graph, images, threads=config.threads, bins=0 if minmax_only else NUM_BINS)
+    return collect_histograms(graph, images, threads=config.threads, bins=0 if minmax_only else NUM_BINS,
+                              names=observed_tensors(graph))
 
 
 def make_plan(graph: onnx.ModelProto, hists: dict[str, StreamingHistogram], config: ConvertConfig, int16: Iterable[str] = ()) -> QuantPlan:
@@ -117,6 +119,8 @@ def make_plan(graph: onnx.ModelProto, hists: dict[str, StreamingHistogram], conf
             continue
         method = config.output_method if name in outputs else config.calib_method
         ranges[name], methods[name] = choose_range(h, method, transfer=transfers.get(name, IDENTITY))
+    ranges, derived = with_derived_ranges(graph, ranges)
+    methods.update(dict.fromkeys(derived, "derived"))
     plan = plan_from_ranges(graph, ranges, methods=methods, int16=int16)
     plan.notes["range_methods"] = dict(sorted(Counter(methods.values()).items()))
     plan.notes["range_transfers"] = dict(sorted(Counter(t.name for n, t in transfers.items() if n in hists).items()))
