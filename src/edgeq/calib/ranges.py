@@ -30,8 +30,10 @@ from edgeq.calib.histogram import StreamingHistogram
 Range = tuple[float, float]
 Array = np.ndarray
 
-#: Two-sided percentile kept by ``percentile``.
-PERCENTILE = 99.99
+#: Two-sided percentile kept by ``percentile`` (the default method). Of the usual choices,
+#: 99.9 clips too much on YOLOv8 (COCO person set: -1.9 mAP points), 99.99 and 99.995 cost
+#: 0.1-1.4 points on one set or the other, 99.999 stays within 0.2 on both.
+PERCENTILE = 99.999
 #: ``auto`` keeps the widest candidate whose expected error is within this factor of the best.
 AUTO_TOLERANCE = 1.05
 #: Candidate clipping points for ``mse``/``entropy``: these fractions of the observed bound.
