@@ -174,6 +174,11 @@ def main() -> None:
             rows,
         )
         print(f"machine after: {C.machine_note()}")
+        runs = [run for run, _, _ in results.values()]
+        if len(runs) == 2:
+            ours_s, theirs_s = runs[0].wall_s, runs[1].wall_s
+            print(f"edgeq vs onnx2tf wall time, same run: {ours_s:.1f} s vs {theirs_s:.1f} s = {theirs_s / ours_s:.1f}x faster"
+                  f" (targets: edgeq < 60 s, >= 10x)")
         for n in notes:
             print(f"note: {n}")
         if args.keep:
