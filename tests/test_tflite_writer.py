@@ -218,7 +218,7 @@ def test_c2f_split_concat():
              N("Concat", ["a", "b", "r"], ["cat"], axis=1), conv("cat", "y", "wo", k=1, b="wo_b")]
     inits = {**weights(8, 3, 1), **weights(4, 4, 3, name="wm"), **weights(8, 12, 1, name="wo"),
              "sizes": np.array([4, 4], np.int64)}
-    check(make_model(nodes, X, ["y"], inits), n_ops={"SPLIT_V": 1, "CONCATENATION": 1})
+    check(make_model(nodes, X, ["y"], inits), n_ops={"SPLIT": 1, "SPLIT_V": 0, "CONCATENATION": 1})
 
 
 def test_sppf_maxpool_concat():
@@ -237,7 +237,7 @@ def test_resize_nearest_and_concat_with_skip():
                coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
              conv("x", "skip", "w2", b="w2_b"), N("Concat", ["u", "skip"], ["y"], axis=1)]
     inits = {**weights(4, 3, 3), **weights(4, 3, 3, name="w2"), "scales": np.array([1, 1, 2, 2], np.float32)}
-    check(make_model(nodes, X, ["y"], inits), n_ops={"RESIZE_NEAREST_NEIGHBOR": 1})
+    check(make_model(nodes, X, ["y"], inits), n_ops={"RESIZE_NEAREST_NEIGHBOR": 0, "CONCATENATION": 3, "RESHAPE": 2})
 
 
 def test_tensor_feeding_two_concats_is_requantized_where_needed():

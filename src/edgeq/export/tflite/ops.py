@@ -417,9 +417,16 @@ class ConcatOp(OpHandler):
 
 
 class SplitOp(OpHandler):
-    """Split -> SPLIT_V along the remapped axis."""
+    """Split -> SPLIT (2-4 equal parts) or one STRIDED_SLICE per output, never SPLIT_V.
+
+    The XNNPACK delegate takes SPLIT only for 2, 3 or 4 equal parts and does not take SPLIT_V at
+    all; every SPLIT_V cut the graph into separate delegate partitions with a CPU kernel between
+    them. STRIDED_SLICE (unit strides) is delegated and expresses any split, so it covers the rest.
+    Both are pure copies: the outputs are bit-identical to SPLIT_V's.
+    """
 
     op_type = "Split"
+    max_even_parts: ClassVar[int] = 4  # xnn_define_even_split2/3/4
 
     @staticmethod
     def sizes(g: GraphView, node: onnx.NodeProto) -> list[int]:
@@ -439,15 +446,37 @@ class SplitOp(OpHandler):
             raise unsupported(g, node, "non-constant split sizes")
 
     def emit(self, cv: Converter, node: onnx.NodeProto) -> None:
-        x_name = node.input[0]
-        v = cv.value(x_name)
-        rank = len(cv.onnx_shape(x_name))
+        v = cv.value(node.input[0])
+        rank = len(cv.onnx_shape(node.input[0]))
         axis = layout.stored_axis(_axis(cv.g.attrs(node).get("axis", 0), rank), v.perm)
         sizes = self.sizes(cv.g, node)
+        if 2 <= len(sizes) <= self.max_even_parts and len(set(sizes)) == 1:
+            self.emit_split(cv, node, axis)
+        else:
+            self.emit_slices(cv, node, axis, sizes)
+
+    def emit_split(self, cv: Converter, node: onnx.NodeProto, axis: int) -> None:
+        """One SPLIT (inputs: axis, then data)."""
+        v = cv.value(node.input[0])
         outs = [cv.output(o, v.perm, self.natural(cv, node)) for o in node.output]
         axis_t = cv.const(f"{node.output[0]}/axis", np.array(axis, dtype=np.int32))
-        sizes_t = cv.int32(f"{node.output[0]}/sizes", sizes)
-        cv.add_op(OP.SPLIT_V, _int_version(v.dtype, 2, 1), [v.index, sizes_t, axis_t], outs, opt.split_v(len(sizes)))
+        cv.add_op(OP.SPLIT, _int_version(v.dtype, 2, 4), [axis_t, v.index], outs, opt.split(len(outs)))
+
+    def emit_slices(self, cv: Converter, node: onnx.NodeProto, axis: int, sizes: Sequence[int]) -> None:
+        """One STRIDED_SLICE per output (each op right after its output, so a requantize the
+        plan asks for follows the slice that writes it)."""
+        v = cv.value(node.input[0])
+        shape = cv.shape_of(v.index)
+        version = 4 if len(shape) > 4 else _int_version(v.dtype, 2, 1)
+        start = 0
+        for name, size in zip(node.output, sizes):
+            begin, end = [0] * len(shape), list(shape)
+            begin[axis], end[axis] = start, start + size
+            start += size
+            y = cv.output(name, v.perm, self.natural(cv, node))
+            cv.add_op(OP.STRIDED_SLICE, version,
+                      [v.index, cv.int32(f"{name}/begin", begin), cv.int32(f"{name}/end", end),
+                       cv.int32(f"{name}/strides", [1] * len(shape))], [y], opt.strided_slice())
 
 
 class SliceOp(OpHandler):
@@ -533,9 +562,11 @@ class MaxPoolOp(OpHandler):
 
 
 class ResizeOp(OpHandler):
-    """Resize (nearest, asymmetric, floor, integer factors) -> RESIZE_NEAREST_NEIGHBOR."""
+    """Resize (nearest, asymmetric, floor, integer factors) -> CONCATENATION + RESHAPE (upsampling
+    by 2-4) or RESIZE_NEAREST_NEIGHBOR (other factors)."""
 
     op_type = "Resize"
+    tiled_factors: ClassVar[set[int]] = {1, 2, 3, 4}  # XNNPACK concatenates at most 4 inputs
 
     def check(self, g: GraphView, node: onnx.NodeProto) -> None:
         a = g.attrs(node)
@@ -555,11 +586,40 @@ class ResizeOp(OpHandler):
 
     def emit(self, cv: Converter, node: onnx.NodeProto) -> None:
         out = node.output[0]
+        (h, w), (oh, ow) = cv.onnx_shape(node.input[0])[2:], cv.onnx_shape(out)[2:]
+        if oh % h == 0 and ow % w == 0 and {oh // h, ow // w} <= self.tiled_factors and (oh, ow) != (h, w):
+            self.emit_tiled(cv, node, oh // h, ow // w)
+            return
         v = cv.value(node.input[0])
         x = cv.get(node.input[0], layout.NHWC)
-        size = cv.int32(f"{out}/size", list(cv.onnx_shape(out)[2:]))
+        size = cv.int32(f"{out}/size", [oh, ow])
         y = cv.output(out, layout.NHWC, self.natural(cv, node))
         cv.add_op(OP.RESIZE_NEAREST_NEIGHBOR, _int_version(v.dtype, 2, 4), [x, size], [y], opt.resize_nearest())
+
+    def emit_tiled(self, cv: Converter, node: onnx.NodeProto, fh: int, fw: int) -> None:
+        """Nearest upsampling by integer factors as copies the XNNPACK delegate takes.
+
+        The delegate does not take RESIZE_NEAREST_NEIGHBOR, which cut the graph around every
+        upsample. With floor indexing, output pixel (i, j) is input pixel (i // fh, j // fw): in
+        NHWC, concatenating ``fw`` copies along C and reshaping to ``[N, H, W*fw, C]`` repeats
+        every pixel ``fw`` times along W; ``fh`` copies along W reshaped to ``[N, H*fh, W*fw, C]``
+        repeats every row. Pure copies, so bit-identical to the resize.
+        """
+        out = node.output[0]
+        x = cv.get(node.input[0], layout.NHWC)
+        n, h, w, c = cv.shape_of(x)
+        steps = [(f, axis, shape) for f, axis, shape in
+                 ((fw, 3, (n, h, w * fw, c)), (fh, 2, (n, h * fh, w * fw, c))) if f > 1]
+        for k, (f, axis, shape) in enumerate(steps):
+            t = cv.model.tensors[x]
+            wide = list(t.shape)
+            wide[axis] *= f
+            tiled = cv.tensor(f"{out}/tile{axis}", wide, t.quant)
+            cv.add_op(OP.CONCATENATION, _int_version(t.dtype, 2, 3), [x] * f, [tiled], opt.concatenation(axis))
+            last = k == len(steps) - 1
+            y = cv.output(out, layout.NHWC, self.natural(cv, node)) if last else cv.tensor(f"{out}/rows", shape, t.quant)
+            cv.add_op(OP.RESHAPE, 1, [tiled, cv.int32(f"{out}/shape{axis}", shape)], [y], opt.reshape(shape))
+            x = y
 
 
 class ReshapeOp(OpHandler):

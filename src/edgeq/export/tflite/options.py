@@ -108,13 +108,13 @@ def concatenation(axis: int) -> Options:
     return Options(BO.ConcatenationOptions, build)
 
 
-def split_v(num_splits: int) -> Options:
+def split(num_splits: int) -> Options:
     def build(b: flatbuffers.Builder) -> int:
-        tflite.SplitVOptionsStart(b)
-        tflite.SplitVOptionsAddNumSplits(b, num_splits)
-        return tflite.SplitVOptionsEnd(b)
+        tflite.SplitOptionsStart(b)
+        tflite.SplitOptionsAddNumSplits(b, num_splits)
+        return tflite.SplitOptionsEnd(b)
 
-    return Options(BO.SplitVOptions, build)
+    return Options(BO.SplitOptions, build)
 
 
 def strided_slice() -> Options:
