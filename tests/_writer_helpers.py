@@ -232,3 +232,21 @@ def local_errors(model: onnx.ModelProto, plan: QuantPlan, lite: LiteRun) -> dict
             e = np.clip(e, lo[0], hi[0])
             errors[o] = float(np.abs(lite.values[o] - e).max() / lite.scales[o])
     return errors
+
+
+def run_xnnpack(result: TFLiteResult, pixels_nchw: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
+    """Run the artifact as deployed (LiteRT's default XNNPACK delegate) on uint8 NCHW pixels.
+
+    Returns the raw output codes by name and the number of delegate partitions: each DELEGATE
+    node is one XNNPACK subgraph, and CPU kernels run between them for the ops it refused.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=result.buffer, num_threads=1)
+    it.allocate_tensors()
+    (inp,) = it.get_input_details()
+    it.set_tensor(inp["index"], np.ascontiguousarray(pixels_nchw.transpose(0, 2, 3, 1)))
+    it.invoke()
+    outputs = {d["name"]: it.get_tensor(d["index"]).copy() for d in it.get_output_details()}
+    partitions = sum(op["op_name"] == "DELEGATE" for op in it._get_ops_details())
+    return outputs, partitions

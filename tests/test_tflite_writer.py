@@ -22,7 +22,7 @@ from onnx import helper
 
 from _writer_helpers import (
     assert_fully_integer, conv_weights, convert, fake_quant_model, local_errors, make_model, run_onnx,
-    run_tflite, tensor_types, to_float,
+    run_tflite, run_xnnpack, tensor_types, to_float,
 )
 from edgeq.errors import UnsupportedOpError
 from edgeq.export.tflite import write_tflite
@@ -238,6 +238,30 @@ def test_resize_nearest_and_concat_with_skip():
              conv("x", "skip", "w2", b="w2_b"), N("Concat", ["u", "skip"], ["y"], axis=1)]
     inits = {**weights(4, 3, 3), **weights(4, 3, 3, name="w2"), "scales": np.array([1, 1, 2, 2], np.float32)}
     check(make_model(nodes, X, ["y"], inits), n_ops={"RESIZE_NEAREST_NEIGHBOR": 0, "CONCATENATION": 3, "RESHAPE": 2})
+
+
+def test_split_and_upsample_lower_to_ops_xnnpack_delegates():
+    """No SPLIT_V or RESIZE_NEAREST_NEIGHBOR (the XNNPACK delegate refuses both, cutting the graph):
+    equal 2-4-way splits are SPLIT, other splits STRIDED_SLICE, 2-4x upsampling CONCATENATION +
+    RESHAPE. All copies, so XNNPACK's outputs equal the reference kernels' bit for bit, and after the
+    input QUANTIZE (uint8 -> int8, refused too) the whole graph is one delegate partition."""
+    nodes = [N("Split", ["x"], ["top", "bottom"], axis=2),  # 2 equal parts -> SPLIT
+             N("Split", ["top"], [f"s{i}" for i in range(5)], axis=3),  # 5 equal parts -> 5 slices
+             N("Split", ["bottom", "sizes"], ["c1", "c2"], axis=1),  # unequal -> 2 slices
+             N("Resize", ["s1", "", "scales"], ["up"], mode="nearest",
+               coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+             N("Concat", ["s0", "s4"], ["cat"], axis=3)]
+    inits = {"sizes": np.array([1, 2], np.int64), "scales": np.array([1, 1, 2, 3], np.float32)}
+    model = make_model(nodes, X, ["up", "c2", "cat"], inits)
+    _, result, lite = check(model, n_ops={"SPLIT": 1, "STRIDED_SLICE": 7, "SPLIT_V": 0, "RESHAPE": 2,
+                                          "RESIZE_NEAREST_NEIGHBOR": 0, "CONCATENATION": 3})
+    assert lite.values["up"].shape == (1, 3, 16, 12)
+    pixels = np.random.default_rng(7).integers(0, 256, size=(1, 3, 16, 20), dtype=np.uint8)
+    reference = run_tflite(result, pixels, preserve_all=False)
+    outputs, partitions = run_xnnpack(result, pixels)
+    assert partitions == 1
+    for name, codes in outputs.items():
+        assert np.array_equal(codes, reference.raw[name]), name
 
 
 def test_tensor_feeding_two_concats_is_requantized_where_needed():
