@@ -9,7 +9,7 @@ reference kernels check in ``Prepare`` (and what their arithmetic assumes):
 * ``CONCATENATION`` (int8): every input must have exactly the output's scale and zero point
   (the int8 kernel copies bytes, it does not rescale). int16 needs zero points of 0; the writer
   still gives all inputs the output's parameters so the copy is exact.
-* data-movement ops (``MAX_POOL_2D``, ``RESHAPE``, ``TRANSPOSE``, ``SPLIT_V``,
+* data-movement ops (``MAX_POOL_2D``, ``RESHAPE``, ``TRANSPOSE``, ``SPLIT``,
   ``STRIDED_SLICE``, ``RESIZE_NEAREST_NEIGHBOR``, ``PAD``): the output reuses the input's
   parameters (the kernels copy or select values without rescaling).
 * arithmetic (``CONV_2D``, ``DEPTHWISE_CONV_2D``, ``TRANSPOSE_CONV``, ``ADD``, ``SUB``, ``MUL``):
@@ -81,7 +81,7 @@ CONSTRAINTS: Mapping[str, OpConstraint] = MappingProxyType({
     "Unsqueeze": OpConstraint(Rule.SAME_AS_INPUT, kernel="RESHAPE"),
     "Identity": OpConstraint(Rule.SAME_AS_INPUT, kernel="RESHAPE"),
     "Transpose": OpConstraint(Rule.SAME_AS_INPUT, kernel="TRANSPOSE"),
-    "Split": OpConstraint(Rule.SAME_AS_INPUT, kernel="SPLIT_V"),
+    "Split": OpConstraint(Rule.SAME_AS_INPUT, kernel="SPLIT / STRIDED_SLICE"),
     "Slice": OpConstraint(Rule.SAME_AS_INPUT, kernel="STRIDED_SLICE"),
     "Resize": OpConstraint(Rule.SAME_AS_INPUT, kernel="RESIZE_NEAREST_NEIGHBOR"),
     "Pad": OpConstraint(Rule.SAME_AS_INPUT, kernel="PAD / PADV2"),
