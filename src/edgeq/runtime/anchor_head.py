@@ -1,7 +1,14 @@
 """Per-scale anchor-based heads (YOLOv5): ``encoding: anchor``, ``score_format: obj_x_class``.
 
-Each level is one tensor ``[1, H, W, na*(5+nc)]`` (NHWC) or ``[1, na*(5+nc), H, W]`` (NCHW) of raw
-logits, anchor-major per cell: ``a*(5+nc) + k`` for k = cx, cy, w, h, objectness, classes.
+Two layouts, both raw logits, anchor-major per cell:
+
+* split (what edgeq writes): logical ``boxes`` (``encoding: anchor``, ``anchors``), ``objectness``
+  and ``scores``, a child per level each: ``[1, H, W, na*4]`` (cx, cy, w, h), ``[1, H, W, na]``
+  and ``[1, H, W, na*nc]`` (NHWC, or the NCHW equivalents), channel ``a*F + k``; each tensor has
+  its own quantization.
+* single tensor: a logical ``detection`` (``encoding: anchor``) with one child per level
+  ``[1, H, W, na*(5+nc)]``, channel ``a*(5+nc) + k`` for k = cx, cy, w, h, objectness, classes.
+
 Decoding (YOLOv5 >= v4): ``xy = (2*sig(t_xy) - 0.5 + grid) * stride``,
 ``wh = (2*sig(t_wh))**2 * anchor`` (anchors in input pixels), score = sig(obj) * sig(cls).
 Objectness is thresholded in the integer domain first: since sig(cls) <= 1, sig(obj) > conf is
@@ -30,26 +37,55 @@ from edgeq.runtime.decode import (
 
 
 @dataclass(frozen=True)
-class AnchorLevel:
+class Part:
+    """Columns ``cols`` of one level's physical tensor viewed as (H*W*na, F) rows."""
+
     name: str
     fax: int
+    cols: slice
+    quant: QParams | None
+
+    def rows(self, outputs: Arrays, n: int) -> np.ndarray:
+        """(H*W*na, width) view, row = (y*W + x)*na + a."""
+        try:
+            arr = outputs[self.name]
+        except KeyError:
+            raise ArtifactError(f"raw output {self.name!r} is missing from the model outputs") from None
+        return np.moveaxis(arr, self.fax, -1)[0].reshape(n, -1)[:, self.cols]
+
+    def values(self, rows: np.ndarray) -> np.ndarray:
+        return rows.astype(np.float32) if self.quant is None else self.quant.dequantize(rows)
+
+
+@dataclass(frozen=True)
+class AnchorLevel:
     stride: tuple[float, float]
     height: int
     width: int
     anchors: np.ndarray  # (na, 2) pixels
     offset: int
-    quant: QParams | None
+    boxes: Part
+    obj: Part
+    cls: Part
 
-    def rows(self, outputs: Arrays) -> np.ndarray:
-        """(H*W*na, 5+nc) view, row = (y*W + x)*na + a."""
-        arr = np.moveaxis(outputs[self.name], self.fax, -1)[0]
-        return arr.reshape(self.height * self.width * len(self.anchors), -1)
+    @property
+    def size(self) -> int:
+        return self.height * self.width * len(self.anchors)
+
+
+def _anchor_outputs(meta: ModelMeta) -> Output | None:
+    """The logical output that carries ``encoding: anchor`` and the per-level children."""
+    for name in ("boxes", "detection"):
+        out = meta.output(name)
+        if out is not None and (out.encoding or "").lower() == "anchor" and out.children:
+            return out
+    return None
 
 
 def is_anchor_head(meta: ModelMeta) -> bool:
-    """True for a logical ``detection`` output with ``encoding: anchor`` and per-level children."""
-    det = meta.output("detection")
-    return det is not None and (det.encoding or "").lower() == "anchor" and bool(det.children)
+    """True for a logical ``boxes`` (split form) or ``detection`` (single tensor) output with
+    ``encoding: anchor`` and per-level children."""
+    return _anchor_outputs(meta) is not None
 
 
 class AnchorHead:
@@ -58,53 +94,68 @@ class AnchorHead:
     has_coefs = False
 
     def __init__(self, meta: ModelMeta, quant: Mapping[str, Quant | None]) -> None:
-        det = meta.output("detection")
-        assert det is not None
-        if not det.anchors or len(det.anchors) != len(det.children):
-            raise ArtifactError("anchor-encoded 'detection' output needs one anchors list per child level")
-        self.activation = (det.activation_required or "sigmoid").lower()
+        main = _anchor_outputs(meta)
+        assert main is not None
+        if not main.anchors or len(main.anchors) != len(main.children):
+            raise ArtifactError(f"anchor-encoded {main.name!r} output needs one anchors list per child level")
+        split = main.type == "boxes"
+        if split:
+            obj, cls = meta.output("objectness"), meta.output("scores")
+            if obj is None or cls is None or len(obj.children) != len(main.children) or len(cls.children) != len(main.children):
+                raise ArtifactError("anchor-encoded 'boxes' needs 'objectness' and 'scores' outputs with one child per level")
+            by_stride = {
+                "obj": {_stride_of(c): c for c in obj.children},
+                "cls": {_stride_of(c): c for c in cls.children},
+            }
+        self.activation = (main.activation_required or "sigmoid").lower()
         # anchors are listed in the same order as the children; decode level by level by stride
-        pairs = sorted(zip(det.children, det.anchors), key=lambda p: _stride_of(p[0])[0])
+        pairs = sorted(zip(main.children, main.anchors), key=lambda p: _stride_of(p[0])[0])
         self.levels: list[AnchorLevel] = []
         offset = 0
         for child, anchors in pairs:
-            level = self._level(meta, child, np.asarray(anchors, np.float32), quant.get(child.name, child.quantization), offset)
+            anchors = np.asarray(anchors, np.float32)
+            stride = _stride_of(child)
+            grid = (round(meta.imgsz[0] / stride[1]), round(meta.imgsz[1] / stride[0]))
+            if split:
+                try:
+                    o, c = by_stride["obj"][stride], by_stride["cls"][stride]
+                except KeyError:
+                    raise ArtifactError(f"no objectness/scores child with the stride of {child.name!r}") from None
+                parts = (self._part(child, grid, quant), self._part(o, grid, quant), self._part(c, grid, quant))
+            else:
+                d = self._part(child, grid, quant)
+                parts = tuple(
+                    Part(d.name, d.fax, cols, None if d.quant is None else d.quant.columns(cols))
+                    for cols in (slice(0, 4), slice(4, 5), slice(5, None))
+                )
+            level = AnchorLevel(stride, grid[0], grid[1], anchors, offset, *parts)
             self.levels.append(level)
-            offset += level.height * level.width * len(level.anchors)
+            offset += level.size
 
     @staticmethod
-    def _level(meta: ModelMeta, child: Output, anchors: np.ndarray, q: Quant | None, offset: int) -> AnchorLevel:
-        stride = _stride_of(child)
-        grid = (round(meta.imgsz[0] / stride[1]), round(meta.imgsz[1] / stride[0]))
+    def _part(child: Output, grid: tuple[int, int], quant: Mapping[str, Quant | None]) -> Part:
         fax = feature_axis(child, None, grid)
-        return AnchorLevel(
-            name=child.name,
-            fax=fax,
-            stride=stride,
-            height=grid[0],
-            width=grid[1],
-            anchors=anchors,
-            offset=offset,
-            quant=None if q is None else QParams.from_quant(q, fax, child.name),
-        )
+        q = quant.get(child.name, child.quantization)
+        return Part(child.name, fax, slice(None), None if q is None else QParams.from_quant(q, fax, child.name))
 
     def candidates(self, outputs: Arrays, conf: float, multi_label: bool) -> Candidates:
         parts = []
         raw_thr = _raw_threshold(conf, self.activation)
         for lv in self.levels:
-            rows = lv.rows(outputs)
-            obj = rows[:, 4]
-            thr = lv.quant.threshold_code(raw_thr) if lv.quant is not None else raw_thr - 1e-3
+            n = lv.size
+            obj = lv.obj.rows(outputs, n)[:, 0]
+            thr = lv.obj.quant.threshold_code(raw_thr) if lv.obj.quant is not None else raw_thr - 1e-3
             idx = np.flatnonzero(obj >= np.asarray(thr).reshape(-1)[0])
             if idx.size == 0:
                 continue
-            vals = rows[idx].astype(np.float32) if lv.quant is None else lv.quant.dequantize(rows[idx])
-            sig = _activate(vals, self.activation)
-            r, cls, s = select_scores(sig[:, 4:5] * sig[:, 5:], conf, multi_label)
+            sig_obj = _activate(lv.obj.values(obj[idx]), self.activation)
+            sig_cls = _activate(lv.cls.values(lv.cls.rows(outputs, n)[idx]), self.activation)
+            r, cls, s = select_scores(sig_obj[:, None] * sig_cls, conf, multi_label)
             if r.size == 0:
                 continue
             picked = idx[r]
-            boxes = self._boxes(sig[r, :4], picked, lv)
+            sig_box = _activate(lv.boxes.values(lv.boxes.rows(outputs, n)[picked]), self.activation)
+            boxes = self._boxes(sig_box, picked, lv)
             parts.append(Candidates(boxes, s.astype(np.float32), cls, picked + lv.offset))
         return Candidates.concat(parts)
 

@@ -649,10 +649,10 @@ class Decoder:
         from edgeq.runtime.anchor_head import AnchorHead, is_anchor_head  # imports this module
 
         self.head: PerScaleHead | FlatHead | AnchorHead
-        if is_per_scale(meta):
-            self.head = PerScaleHead(meta, quant)
-        elif is_anchor_head(meta):
+        if is_anchor_head(meta):  # before per-scale: split YOLOv5 heads also have a per-scale 'boxes'
             self.head = AnchorHead(meta, quant)
+        elif is_per_scale(meta):
+            self.head = PerScaleHead(meta, quant)
         else:
             self.head = FlatHead(meta, quant)
         protos = meta.output("protos")
