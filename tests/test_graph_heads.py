@@ -48,7 +48,16 @@ def test_yolov5_anchor_head_and_anchors_from_graph():
     m = load_model(shared_path("models", "yolov5n.onnx"))
     head = discover_head(m.model, m.info)
     assert head.family == "yolov5" and head.nc == 80 and head.strides == (8, 16, 32)
-    assert [e.shape for e in head.endpoints] == [(1, 255, 80, 80), (1, 255, 40, 40), (1, 255, 20, 20)]
+    # each level's Detect conv [1, 3*85, H, W] is described as three channel selections of it
+    assert [e.name for e in head.endpoints] == [f"{k}_{i}" for k in ("boxes", "objectness", "scores") for i in range(3)]
+    assert [e.shape[1] for e in head.endpoints] == [12] * 3 + [3] * 3 + [240] * 3
+    assert [e.shape[2:] for e in head.of_kind("scores")] == [(80, 80), (40, 40), (20, 20)]
+    assert [e.stride for e in head.of_kind("objectness")] == [8, 16, 32]
+    boxes, obj, cls = (head.of_kind(k)[0] for k in ("boxes", "objectness", "scores"))
+    assert boxes.tensor == obj.tensor == cls.tensor
+    assert boxes.channels == (0, 1, 2, 3, 85, 86, 87, 88, 170, 171, 172, 173)
+    assert obj.channels == (4, 89, 174)
+    assert cls.channels == tuple(range(5, 85)) + tuple(range(90, 170)) + tuple(range(175, 255))
     # YOLOv5's default COCO anchors, read from the anchor_grid constants of the decode tail
     assert head.anchors[0] == ((10, 13), (16, 30), (33, 23))
     assert head.anchors[2] == ((116, 90), (156, 198), (373, 326))

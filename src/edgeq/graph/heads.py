@@ -28,11 +28,14 @@ class Endpoint:
 
     Attributes:
         tensor: tensor name in the normalized (uncut) graph.
-        kind: boxes | scores | mask_coefs | protos.
+        kind: boxes | scores | objectness | mask_coefs | protos | detection (YOLOv5 single tensor).
         name: artifact output name (``boxes_0``, ``scores_2``, ``protos``).
         shape: NCHW shape.
         stride: pixels per cell (protos: input size / proto size).
         scale_index: index of the FPN level, None for protos.
+        channels: the output channels of ``tensor`` this endpoint takes, in order; empty means all.
+            A non-empty selection requires ``tensor`` to be a Conv output: the cut splits that Conv
+            into one Conv per endpoint whose weights/biases are those output-channel rows (exact).
     """
 
     tensor: str
@@ -41,6 +44,7 @@ class Endpoint:
     shape: tuple[int, ...]
     stride: int
     scale_index: int | None
+    channels: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,7 @@ def _protos(topo: Topology, info: ModelInfo) -> list[Endpoint]:
 
 
 def _sort(endpoints: list[Endpoint]) -> tuple[Endpoint, ...]:
-    order = {"detection": 0, "boxes": 0, "scores": 1, "mask_coefs": 2, "protos": 3}
+    order = {"detection": 0, "boxes": 0, "objectness": 1, "scores": 2, "mask_coefs": 3, "protos": 4}
     return tuple(sorted(endpoints, key=lambda e: (order[e.kind], e.scale_index or 0)))
 
 
@@ -228,8 +232,25 @@ def _anchor_grid(topo: Topology, head_5d: str, na: int) -> tuple[tuple[float, fl
     return None
 
 
+def _splittable_conv(topo: Topology, tensor: str, channels: int) -> bool:
+    """``tensor`` is the only output of a Conv with constant weights (and bias) of ``channels`` rows."""
+    node = topo.producer.get(tensor)
+    if node is None or node.op_type != "Conv" or len(node.output) != 1 or len(node.input) < 2:
+        return False
+    w = topo.const(node.input[1])
+    if w is None or w.ndim != 4 or w.shape[0] != channels:
+        return False
+    return len(node.input) < 3 or not node.input[2] or topo.const(node.input[2]) is not None
+
+
 def _anchor_head(topo: Topology, info: ModelInfo) -> HeadSpec | None:
-    """A YOLOv5-style head: per level a conv ``[1, na*(5+nc), H, W]`` reshaped to ``[1, na, 5+nc, H, W]``."""
+    """A YOLOv5-style head: per level a conv ``[1, na*(5+nc), H, W]`` reshaped to ``[1, na, 5+nc, H, W]``.
+
+    Each level's conv is described as three endpoints (``boxes_i`` with the na*4 box logits,
+    ``objectness_i`` na*1, ``scores_i`` na*nc, anchor-major) that the cut gives their own convs,
+    so each gets its own quantization scale; a level whose tensor is not a plain Conv output stays
+    one ``detection_i`` endpoint.
+    """
     levels = []
     for out in topo.graph.output:
         for t in _tail_inputs(topo, out.name):
@@ -248,16 +269,25 @@ def _anchor_head(topo: Topology, info: ModelInfo) -> HeadSpec | None:
     nc = levels[0][3] - 5
     if info.names and len(info.names) != nc:
         raise _not_found(topo, f"anchor head has {nc} classes but metadata names {len(info.names)}")
-    endpoints = tuple(
-        Endpoint(t, "detection", f"detection_{i}", topo.shapes[t], info.imgsz[0] // h, i) for i, (h, t, _, _) in enumerate(levels)
-    )
+    na = len(levels[0][2])
+    endpoints: list[Endpoint] = []
+    for i, (h, t, _, no) in enumerate(levels):
+        shape = topo.shapes[t]
+        stride = info.imgsz[0] // h
+        if not _splittable_conv(topo, t, na * no):
+            endpoints.append(Endpoint(t, "detection", f"detection_{i}", shape, stride, i))
+            continue
+        # channel a*no + k: k 0-3 box logits (xy, wh), 4 objectness, 5.. classes; anchor-major
+        for kind, ks in (("boxes", range(4)), ("objectness", range(4, 5)), ("scores", range(5, no))):
+            ch = tuple(a * no + k for a in range(na) for k in ks)
+            endpoints.append(Endpoint(t, kind, f"{kind}_{i}", (shape[0], len(ch), *shape[2:]), stride, i, ch))
     return HeadSpec(
         family="yolov5",
         task="detect",
         nc=nc,
         reg_max=0,
-        strides=tuple(e.stride for e in endpoints),
-        endpoints=endpoints,
+        strides=tuple(info.imgsz[0] // h for h, _, _, _ in levels),
+        endpoints=_sort(endpoints),
         anchors=tuple(a for _, _, a, _ in levels),
     )
 

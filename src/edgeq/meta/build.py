@@ -15,6 +15,7 @@ _DSHAPE_FEATURE = {
     "mask_coefs": "num_features",
     "protos": "num_protos",
     "detection": "num_anchors_x_features",
+    "objectness": "num_features",
 }
 
 
@@ -28,12 +29,14 @@ class TensorLike(Protocol):
     zero_point: int
 
 
-def _physical(t: TensorLike, kind: str, stride: int | None, scale_index: int | None, layout: str) -> Output:
+def _physical(t: TensorLike, kind: str, stride: int | None, scale_index: int | None, layout: str,
+              feature: str | None = None) -> Output:
     n, a, b, c = t.shape
+    feature = feature or _DSHAPE_FEATURE[kind]
     if layout == "nhwc":
-        dshape = [("batch", n), ("height", a), ("width", b), (_DSHAPE_FEATURE[kind], c)]
+        dshape = [("batch", n), ("height", a), ("width", b), (feature, c)]
     else:
-        dshape = [("batch", n), (_DSHAPE_FEATURE[kind], a), ("height", b), ("width", c)]
+        dshape = [("batch", n), (feature, a), ("height", b), ("width", c)]
     return Output(
         name=t.name,
         type=kind,
@@ -47,31 +50,62 @@ def _physical(t: TensorLike, kind: str, stride: int | None, scale_index: int | N
 
 
 def anchor_outputs(head: HeadSpec, tensors: Sequence[TensorLike], layout: str = "nhwc") -> list[Output]:
-    """YOLOv5 per-scale raw head: one logical ``detection`` (anchor encoding) with a child per level.
+    """YOLOv5 per-scale raw head (``encoding: anchor``, ``score_format: obj_x_class``).
 
-    Each child is ``[1, H, W, na*(5+nc)]`` raw logits, anchor-major (``a*(5+nc) + k``): cx, cy,
-    w, h, objectness, classes; decoded as ``xy = (2*sig - 0.5 + grid) * stride``,
-    ``wh = (2*sig)**2 * anchor`` with the anchors (pixels) listed per level.
+    Split form (each level's conv cut in three): logical ``boxes`` (anchor encoding, the anchors
+    in pixels listed per level), ``objectness`` and ``scores``, each with a child per level:
+    ``[1, H, W, na*4]`` box logits (cx, cy, w, h), ``[1, H, W, na]`` objectness logits and
+    ``[1, H, W, na*nc]`` class logits, anchor-major (``a*F + k``). Decoded as
+    ``xy = (2*sig - 0.5 + grid) * stride``, ``wh = (2*sig)**2 * anchor``, score ``sig(obj)*sig(cls)``.
+
+    Single-tensor form (a level that could not be split): one logical ``detection`` whose
+    children are ``[1, H, W, na*(5+nc)]``: cx, cy, w, h, objectness, classes per anchor.
     """
     by_name = {t.name: t for t in tensors}
-    eps = head.of_kind("detection")
-    total = sum(e.shape[2] * e.shape[3] * len(head.anchors[0]) for e in eps)
-    no = 5 + head.nc
-    return [
-        Output(
-            name="detection",
-            type="detection",
-            shape=[1, total, no],
-            dshape=[("batch", 1), ("num_boxes", total), ("num_features", no)],
+    na = len(head.anchors[0])
+    anchors = [[list(a) for a in level] for level in head.anchors]
+    if head.of_kind("detection"):
+        eps = head.of_kind("detection")
+        total = sum(e.shape[2] * e.shape[3] * na for e in eps)
+        no = 5 + head.nc
+        return [
+            Output(
+                name="detection",
+                type="detection",
+                shape=[1, total, no],
+                dshape=[("batch", 1), ("num_boxes", total), ("num_features", no)],
+                decoder="ultralytics",
+                encoding="anchor",
+                score_format="obj_x_class",
+                normalized=False,
+                anchors=anchors,
+                activation_required="sigmoid",
+                children=[_physical(by_name[e.name], "detection", e.stride, e.scale_index, layout) for e in eps],
+            )
+        ]
+    total = sum(e.shape[2] * e.shape[3] * na for e in head.of_kind("boxes"))
+    widths = {"boxes": 4, "objectness": 1, "scores": head.nc}
+    feature = {"boxes": "box_coords", "objectness": "num_features", "scores": "num_classes"}
+    outputs = []
+    for kind in ("boxes", "objectness", "scores"):
+        logical = Output(
+            name=kind,
+            type=kind,
+            shape=[1, widths[kind], total],
+            dshape=[("batch", 1), (feature[kind], widths[kind]), ("num_boxes", total)],
             decoder="ultralytics",
-            encoding="anchor",
-            score_format="obj_x_class",
-            normalized=False,
-            anchors=[[list(a) for a in level] for level in head.anchors],
             activation_required="sigmoid",
-            children=[_physical(by_name[e.name], "detection", e.stride, e.scale_index, layout) for e in eps],
+            children=[
+                _physical(by_name[e.name], kind, e.stride, e.scale_index, layout, "num_anchors_x_features")
+                for e in head.of_kind(kind)
+            ],
         )
-    ]
+        if kind == "boxes":
+            logical.encoding, logical.normalized, logical.anchors = "anchor", False, anchors
+        else:
+            logical.score_format = "obj_x_class"
+        outputs.append(logical)
+    return outputs
 
 
 def smart_outputs(head: HeadSpec, tensors: Sequence[TensorLike], layout: str = "nhwc") -> list[Output]:
