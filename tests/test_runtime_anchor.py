@@ -111,7 +111,9 @@ def test_converted_yolov5n_has_nine_int8_outputs_with_own_scales(tmp_path, calib
     meta = res.meta
     assert meta.decoder_version == "yolov5"
     assert [o.name for o in meta.outputs] == ["boxes", "objectness", "scores"]
-    assert meta.output("boxes").encoding == "anchor" and len(meta.output("boxes").anchors) == 3
+    boxes = meta.output("boxes")
+    # HAL's `anchors` type: [w, h] pairs, three per level in level order
+    assert boxes.encoding == "anchor" and np.asarray(boxes.anchors).shape == (9, 2)
     assert meta.output("scores").score_format == "obj_x_class"
     phys = [c for o in meta.outputs for c in o.children]
     assert [c.shape[-1] for c in phys] == [12] * 3 + [3] * 3 + [240] * 3
@@ -126,3 +128,15 @@ def test_converted_yolov5n_has_nine_int8_outputs_with_own_scales(tmp_path, calib
     assert len(model.meta.outputs) == 3 and isinstance(model.decoder.head, AnchorHead)
     det = model.predict(read_image(sorted((val_dev / "images").glob("*.jpg"))[0]), conf=0.25)
     assert len(det.scores) > 0
+
+
+def test_anchors_read_as_flat_pairs_or_per_level():
+    from edgeq.runtime.anchor_head import _anchors_per_level
+
+    nested = [[[10, 13], [16, 30], [33, 23]], [[30, 61], [62, 45], [59, 119]], [[116, 90], [156, 198], [373, 326]]]
+    flat = [pair for level in nested for pair in level]
+    for given in (nested, flat):
+        levels = _anchors_per_level(given, 3)
+        assert levels is not None and [lv.tolist() for lv in levels] == nested
+    assert _anchors_per_level(flat[:8], 3) is None, "8 pairs cannot be shared evenly by 3 levels"
+    assert _anchors_per_level([1.0, 2.0], 1) is None

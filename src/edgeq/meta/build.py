@@ -52,8 +52,11 @@ def _physical(t: TensorLike, kind: str, stride: int | None, scale_index: int | N
 def anchor_outputs(head: HeadSpec, tensors: Sequence[TensorLike], layout: str = "nhwc") -> list[Output]:
     """YOLOv5 per-scale raw head (``encoding: anchor``, ``score_format: obj_x_class``).
 
-    Split form (each level's conv cut in three): logical ``boxes`` (anchor encoding, the anchors
-    in pixels listed per level), ``objectness`` and ``scores``, each with a child per level:
+    ``anchors`` is a flat list of ``[w, h]`` pairs in input pixels, ``na`` per level in the
+    children's order (the type EdgeFirst HAL's schema parses).
+
+    Split form (each level's conv cut in three): logical ``boxes`` (anchor encoding, anchors),
+    ``objectness`` and ``scores``, each with a child per level:
     ``[1, H, W, na*4]`` box logits (cx, cy, w, h), ``[1, H, W, na]`` objectness logits and
     ``[1, H, W, na*nc]`` class logits, anchor-major (``a*F + k``). Decoded as
     ``xy = (2*sig - 0.5 + grid) * stride``, ``wh = (2*sig)**2 * anchor``, score ``sig(obj)*sig(cls)``.
@@ -63,7 +66,7 @@ def anchor_outputs(head: HeadSpec, tensors: Sequence[TensorLike], layout: str = 
     """
     by_name = {t.name: t for t in tensors}
     na = len(head.anchors[0])
-    anchors = [[list(a) for a in level] for level in head.anchors]
+    anchors = [list(a) for level in head.anchors for a in level]
     if head.of_kind("detection"):
         eps = head.of_kind("detection")
         total = sum(e.shape[2] * e.shape[3] * na for e in eps)

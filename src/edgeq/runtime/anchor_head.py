@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -88,6 +89,20 @@ def is_anchor_head(meta: ModelMeta) -> bool:
     return _anchor_outputs(meta) is not None
 
 
+def _anchors_per_level(anchors: Any, levels: int) -> list[np.ndarray] | None:
+    """Anchors grouped by level: a flat list of ``[w, h]`` pairs (what edgeq writes, HAL's type)
+    split evenly in level order, or one list of pairs per level (older edgeq artifacts)."""
+    try:
+        a = np.asarray(anchors, np.float32)
+    except (TypeError, ValueError):
+        return None
+    if a.ndim == 3 and a.shape[0] == levels and a.shape[2] == 2:
+        return list(a)
+    if a.ndim == 2 and a.shape[1] == 2 and levels and len(a) % levels == 0:
+        return list(a.reshape(levels, -1, 2))
+    return None
+
+
 class AnchorHead:
     """Decode YOLOv5 per-scale raw outputs; candidates only are dequantized."""
 
@@ -96,8 +111,12 @@ class AnchorHead:
     def __init__(self, meta: ModelMeta, quant: Mapping[str, Quant | None]) -> None:
         main = _anchor_outputs(meta)
         assert main is not None
-        if not main.anchors or len(main.anchors) != len(main.children):
-            raise ArtifactError(f"anchor-encoded {main.name!r} output needs one anchors list per child level")
+        per_level = _anchors_per_level(main.anchors, len(main.children))
+        if per_level is None:
+            raise ArtifactError(
+                f"anchor-encoded {main.name!r} output: cannot share its anchors among {len(main.children)} levels",
+                "give 'anchors' as [w, h] pairs, the same number per level in the children's order",
+            )
         split = main.type == "boxes"
         if split:
             obj, cls = meta.output("objectness"), meta.output("scores")
@@ -109,7 +128,7 @@ class AnchorHead:
             }
         self.activation = (main.activation_required or "sigmoid").lower()
         # anchors are listed in the same order as the children; decode level by level by stride
-        pairs = sorted(zip(main.children, main.anchors), key=lambda p: _stride_of(p[0])[0])
+        pairs = sorted(zip(main.children, per_level), key=lambda p: _stride_of(p[0])[0])
         self.levels: list[AnchorLevel] = []
         offset = 0
         for child, anchors in pairs:
