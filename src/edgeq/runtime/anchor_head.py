@@ -27,6 +27,7 @@ from edgeq.meta.schema import ModelMeta, Output, Quant
 from edgeq.runtime.decode import (
     Arrays,
     Candidates,
+    Field,
     QParams,
     _activate,
     _raw_threshold,
@@ -38,36 +39,15 @@ from edgeq.runtime.decode import (
 
 
 @dataclass(frozen=True)
-class Part:
-    """Columns ``cols`` of one level's physical tensor viewed as (H*W*na, F) rows."""
-
-    name: str
-    fax: int
-    cols: slice
-    quant: QParams | None
-
-    def rows(self, outputs: Arrays, n: int) -> np.ndarray:
-        """(H*W*na, width) view, row = (y*W + x)*na + a."""
-        try:
-            arr = outputs[self.name]
-        except KeyError:
-            raise ArtifactError(f"raw output {self.name!r} is missing from the model outputs") from None
-        return np.moveaxis(arr, self.fax, -1)[0].reshape(n, -1)[:, self.cols]
-
-    def values(self, rows: np.ndarray) -> np.ndarray:
-        return rows.astype(np.float32) if self.quant is None else self.quant.dequantize(rows)
-
-
-@dataclass(frozen=True)
 class AnchorLevel:
     stride: tuple[float, float]
     height: int
     width: int
     anchors: np.ndarray  # (na, 2) pixels
     offset: int
-    boxes: Part
-    obj: Part
-    cls: Part
+    boxes: Field  # per-anchor rows (``Field.anchors`` = na)
+    obj: Field
+    cls: Field
 
     @property
     def size(self) -> int:
@@ -140,40 +120,38 @@ class AnchorHead:
                     o, c = by_stride["obj"][stride], by_stride["cls"][stride]
                 except KeyError:
                     raise ArtifactError(f"no objectness/scores child with the stride of {child.name!r}") from None
-                parts = (self._part(child, grid, quant), self._part(o, grid, quant), self._part(c, grid, quant))
+                parts = tuple(self._field(x, grid, quant, len(anchors)) for x in (child, o, c))
             else:
-                d = self._part(child, grid, quant)
-                parts = tuple(
-                    Part(d.name, d.fax, cols, None if d.quant is None else d.quant.columns(cols))
-                    for cols in (slice(0, 4), slice(4, 5), slice(5, None))
-                )
+                parts = tuple(self._field(child, grid, quant, len(anchors), cols)
+                              for cols in (slice(0, 4), slice(4, 5), slice(5, None)))
             level = AnchorLevel(stride, grid[0], grid[1], anchors, offset, *parts)
             self.levels.append(level)
             offset += level.size
 
     @staticmethod
-    def _part(child: Output, grid: tuple[int, int], quant: Mapping[str, Quant | None]) -> Part:
+    def _field(child: Output, grid: tuple[int, int], quant: Mapping[str, Quant | None], na: int,
+               cols: slice = slice(None)) -> Field:
+        """Per-anchor rows of ``child`` (columns ``cols`` of each anchor's features)."""
         fax = feature_axis(child, None, grid)
         q = quant.get(child.name, child.quantization)
-        return Part(child.name, fax, slice(None), None if q is None else QParams.from_quant(q, fax, child.name))
+        return Field(child.name, fax, cols, None if q is None else QParams.from_quant(q, fax, child.name).columns(cols), na)
 
     def candidates(self, outputs: Arrays, conf: float, multi_label: bool) -> Candidates:
         parts = []
         raw_thr = _raw_threshold(conf, self.activation)
         for lv in self.levels:
-            n = lv.size
-            obj = lv.obj.rows(outputs, n)[:, 0]
+            obj = lv.obj.rows(outputs)[:, 0]
             thr = lv.obj.quant.threshold_code(raw_thr) if lv.obj.quant is not None else raw_thr - 1e-3
             idx = np.flatnonzero(obj >= np.asarray(thr).reshape(-1)[0])
             if idx.size == 0:
                 continue
             sig_obj = _activate(lv.obj.values(obj[idx]), self.activation)
-            sig_cls = _activate(lv.cls.values(lv.cls.rows(outputs, n)[idx]), self.activation)
+            sig_cls = _activate(lv.cls.values(lv.cls.rows(outputs)[idx]), self.activation)
             r, cls, s = select_scores(sig_obj[:, None] * sig_cls, conf, multi_label)
             if r.size == 0:
                 continue
             picked = idx[r]
-            sig_box = _activate(lv.boxes.values(lv.boxes.rows(outputs, n)[picked]), self.activation)
+            sig_box = _activate(lv.boxes.values(lv.boxes.rows(outputs)[picked]), self.activation)
             boxes = self._boxes(sig_box, picked, lv)
             parts.append(Candidates(boxes, s.astype(np.float32), cls, picked + lv.offset))
         return Candidates.concat(parts)

@@ -22,8 +22,9 @@ activate) above ``conf`` (exact for per-tensor 8-bit codes, read off a table of 
 otherwise conservative by at most one code). Survivors are re-checked exactly in float, so the
 result equals "dequantize everything, then threshold" while only the candidates are ever
 dequantized. With per-tensor 8-bit scores and a single label per anchor, the class is also
-picked on the codes (:func:`single_label_codes`), so only one score per candidate is dequantized. Anchor-based per-scale heads (``encoding: anchor``, YOLOv5) are
-decoded by ``anchor_head.AnchorHead``.
+picked on the codes (:func:`single_label_codes`), so only one score per candidate is
+dequantized. Anchor-based per-scale heads (``encoding: anchor``, YOLOv5) are decoded by
+``anchor_head.AnchorHead``.
 """
 from __future__ import annotations
 
@@ -132,19 +133,27 @@ class QParams:
 
 @dataclass(frozen=True)
 class Field:
-    """A column range of one physical tensor, e.g. the class scores of a flat detection output."""
+    """A column range of one physical tensor, e.g. the class scores of a flat detection output.
+
+    ``anchors`` > 1: each cell holds that many anchors' features side by side (YOLOv5,
+    ``a*F + k``), so a row is one anchor: ``(y*W + x)*anchors + a``.
+    """
 
     name: str
     fax: int
     cols: slice
     quant: QParams | None
+    anchors: int = 1
 
     def rows(self, outputs: Arrays) -> np.ndarray:
         try:
             arr = outputs[self.name]
         except KeyError:
             raise ArtifactError(f"raw output {self.name!r} is missing from the model outputs") from None
-        return to_rows(arr, self.fax)[:, self.cols]
+        rows = to_rows(arr, self.fax)
+        if self.anchors > 1:
+            rows = rows.reshape(-1, rows.shape[1] // self.anchors)
+        return rows[:, self.cols]
 
     def values(self, rows: np.ndarray) -> np.ndarray:
         """Real values of (a subset of) this field's rows."""
@@ -254,11 +263,12 @@ def single_label_codes(
     Equal to ``select_scores`` on the dequantized, activated rows, ties included.
     """
     q = field.quant
-    if q is None or q.scale.ndim != 0 or q.dtype not in ("int8", "uint8"):
+    if q is None or q.scale.ndim != 0:
         return None
     key = (float(q.scale), float(q.zero_point), q.dtype, activation)
     code = _exact_code(*key, float(conf))
-    assert code is not None  # an 8-bit per-tensor field always has a table
+    if code is None:  # not 8-bit codes
+        return None
     best = rows.max(axis=1)
     idx = np.flatnonzero(best >= code)
     cls = rows[idx].argmax(axis=1).astype(np.int64)
