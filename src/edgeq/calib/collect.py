@@ -34,10 +34,12 @@ def expose_all(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return m
 
 
-def make_session(model: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
+def make_session(model: onnx.ModelProto, threads: int | None = None,
+                 level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC) -> ort.InferenceSession:
+    """A CPU session for an in-memory model; basic optimisations by default, since fusions would
+    hide the tensors we need to observe (``ORT_DISABLE_ALL`` keeps QDQ pairs unfused)."""
     opts = ort.SessionOptions()
-    # basic optimisations only: fusions would hide the tensors we need to observe
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.graph_optimization_level = level
     if threads:
         opts.intra_op_num_threads = threads
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])

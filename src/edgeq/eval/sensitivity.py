@@ -310,15 +310,6 @@ class SubgraphBuilder:
         return model, feeds, outputs
 
 
-def _session(model: onnx.ModelProto, threads: int | None) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    # no fusions: a fused QDQ pair would not quantize
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
 def unit_sensitivity(
     acts: FloatActivations,
     units: Sequence[Sequence[str]],
@@ -351,7 +342,8 @@ def unit_sensitivity(
         acc = ErrorAccumulator()
         if members:
             model, feeds, outputs = builder.build(members, params)
-            session = _session(model, threads) if outputs else None
+            # no fusions: a fused QDQ pair would not quantize
+            session = make_session(model, threads, ort.GraphOptimizationLevel.ORT_DISABLE_ALL) if outputs else None
             for i, values in enumerate(acts.images):
                 ref = acts.head(i)
                 test = dict(ref)

@@ -248,8 +248,8 @@ def _anchor_head(topo: Topology, info: ModelInfo) -> HeadSpec | None:
 
     Each level's conv is described as three endpoints (``boxes_i`` with the na*4 box logits,
     ``objectness_i`` na*1, ``scores_i`` na*nc, anchor-major) that the cut gives their own convs,
-    so each gets its own quantization scale; a level whose tensor is not a plain Conv output stays
-    one ``detection_i`` endpoint.
+    so each gets its own quantization scale. If any level's tensor is not a plain Conv output,
+    every level stays one ``detection_i`` endpoint (the metadata describes one form per head).
     """
     levels = []
     for out in topo.graph.output:
@@ -270,11 +270,12 @@ def _anchor_head(topo: Topology, info: ModelInfo) -> HeadSpec | None:
     if info.names and len(info.names) != nc:
         raise _not_found(topo, f"anchor head has {nc} classes but metadata names {len(info.names)}")
     na = len(levels[0][2])
+    split = all(_splittable_conv(topo, t, na * no) for _, t, _, no in levels)
     endpoints: list[Endpoint] = []
     for i, (h, t, _, no) in enumerate(levels):
         shape = topo.shapes[t]
         stride = info.imgsz[0] // h
-        if not _splittable_conv(topo, t, na * no):
+        if not split:
             endpoints.append(Endpoint(t, "detection", f"detection_{i}", shape, stride, i))
             continue
         # channel a*no + k: k 0-3 box logits (xy, wh), 4 objectness, 5.. classes; anchor-major

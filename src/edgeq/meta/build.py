@@ -15,7 +15,6 @@ _DSHAPE_FEATURE = {
     "mask_coefs": "num_features",
     "protos": "num_protos",
     "detection": "num_anchors_x_features",
-    "objectness": "num_features",
 }
 
 
