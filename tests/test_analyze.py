@@ -111,7 +111,8 @@ def test_units_group_shared_parameters(float_setup):
     for node in prep.graph.graph.node:
         if node.op_type == "Split":
             assert all(unit_of[o] == unit_of[node.input[0]] for o in node.output)
-    assert not promotable(unit_of["scores_0"], prep.graph)
+    assert not promotable(unit_of[prep.graph.graph.input[0].name], prep.graph)  # uint8 pixels stay
+    assert promotable(unit_of["scores_0"], prep.graph)  # int16 outputs are allowed
     assert promotable(unit_of["/model.1/conv/Conv_output_0"], prep.graph)
 
 

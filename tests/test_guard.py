@@ -27,8 +27,8 @@ def test_components_follow_the_output_metadata():
                children=[Output("scores_0", "scores", [1, 10, 10, 80])]),
         Output("protos", "protos", [1, 160, 160, 32]),
     ]
-    assert [(c.tensor, c.kind) for c in components(smart, 80, 640)] == [
-        ("boxes_0", "logits"), ("scores_0", "logits"), ("protos", "values")]
+    assert [(c.tensor, c.kind, c.sigmoid) for c in components(smart, 80, 640)] == [
+        ("boxes_0", "logits", False), ("scores_0", "logits", True), ("protos", "values", False)]
     v8 = [Output("output0", "detection", [1, 116, 8400], normalized=True, score_format="per_class")]
     parts = components(v8, 80, 640)
     assert [(c.kind, c.axis, c.start, c.stop, c.unit) for c in parts] == [
@@ -91,3 +91,17 @@ def test_combined_yolov8n_with_pixel_boxes_is_flagged(tmp_path, monkeypatch, cap
     collapsed = [w for w in guard["warnings"] if w["status"] == "collapse"]
     assert [w["name"] for w in collapsed] == ["output0[scores]"]
     assert "output0[scores] collapse" in caplog.text and "--split smart" in caplog.text
+
+
+def test_score_logits_below_the_floor_count_as_the_floor():
+    """A floored score output clips logits no threshold reads; only its sigmoid-read part is judged."""
+    from edgeq.quant.guard import LOGIT_FLOOR, _Stats
+
+    ref = np.array([-30.0, -20.0, -12.0, -2.0, 0.5, 3.0])
+    floored = np.maximum(ref, LOGIT_FLOOR)  # what a floored int8 range returns (plus rounding)
+    plain, judged = _Stats(), _Stats()
+    plain.add(ref, floored)
+    judged.add(ref, floored, sigmoid=True)
+    assert plain.sqnr_db < 5 and judged.sqnr_db == float("inf")
+    judged.add(ref, ref + 0.5, sigmoid=True)  # a real error above the floor still counts
+    assert judged.sqnr_db < 30

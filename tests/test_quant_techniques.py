@@ -245,7 +245,9 @@ def test_techniques_can_be_switched_off(tmp_path):
     prov = res.meta.edgeq
     assert prov["techniques"] == {"equalize": False, "bias_correction": False}
     # "derived": tensors a kernel ties to another (Sigmoid outputs, reshapes) need no range
-    assert set(prov["calibration"]["methods_used"]) == {"minmax", "derived"}
+    # score logits are floored at logit(SCORE_FLOOR): recorded per tensor
+    assert set(prov["calibration"]["methods_used"]) == {"minmax", "minmax+score_floor", "derived"}
+    assert prov["calibration"]["methods_used"]["minmax+score_floor"] == 3 and prov["calibration"]["score_floor"] == 1e-4
     assert "guard" not in prov
 
 

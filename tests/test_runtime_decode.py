@@ -186,6 +186,26 @@ def test_single_label_codes_equal_float_selection(conf: float) -> None:
         np.testing.assert_array_equal(picks[2], rs)
 
 
+@pytest.mark.parametrize("multi", [False, True])
+def test_lowest_code_of_a_floored_score_output_is_never_a_detection(multi: bool) -> None:
+    """Score logits floored at logit(1e-4): below that confidence the floor code would tie every
+    background anchor with it; the decoder treats that code as saturated, at any conf."""
+    from edgeq.runtime.decode import _pick
+
+    lo, hi = -9.21, 2.0
+    scale = (hi - lo) / 255
+    zp = round(-128 - lo / scale)
+    field = Field("x", 1, slice(None), QParams.from_quant(Quant(scale, zp, "int8"), 1, "x"))
+    q = np.full((500, 80), -128, np.int8)
+    q[7, 3], q[9, 5] = 100, -120  # one confident candidate, one weak one just above the floor
+    floor_p = 1 / (1 + np.exp(-field.values(np.array([-128], np.int8))[0]))
+    for conf in (0.0, 1e-6, float(floor_p) / 2):
+        anchors, cls, _ = _pick(field, q, conf, "sigmoid", multi)
+        assert sorted(zip(anchors.tolist(), cls.tolist())) == [(7, 3), (9, 5)]
+    anchors, _, _ = _pick(field, q, 0.5, "sigmoid", multi)
+    assert anchors.tolist() == [7]
+
+
 def test_integer_threshold_per_channel() -> None:
     rng = np.random.default_rng(3)
     q = rng.integers(-128, 128, size=(2000, 8)).astype(np.int8)

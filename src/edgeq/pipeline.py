@@ -7,7 +7,7 @@ import logging
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from tqdm import tqdm
 from edgeq.calib.collect import collect_histograms
 from edgeq.calib.dataset import CalibrationSet, calibration_set
 from edgeq.calib.histogram import NUM_BINS, StreamingHistogram
-from edgeq.calib.ranges import IDENTITY, choose_range, consumer_transfers
+from edgeq.calib.ranges import IDENTITY, SCORE_FLOOR, choose_range, consumer_transfers, floor_logits
 from edgeq.config import ConvertConfig
 from edgeq.errors import EdgeqError
 from edgeq.graph.cut import cut_at_head
@@ -31,7 +31,7 @@ from edgeq.meta.embed import append_zip, metadata_files
 from edgeq.meta.schema import ModelMeta
 from edgeq.quant.build import plan_from_ranges
 from edgeq.quant.derived import observed_tensors, with_derived_ranges
-from edgeq.quant.plan import QuantPlan
+from edgeq.quant.plan import QParams, QuantPlan
 
 log = logging.getLogger(__name__)
 
@@ -108,20 +108,38 @@ def calibrate(graph: onnx.ModelProto, calib: CalibrationSet, imgsz: tuple[int, i
                               names=observed_tensors(graph))
 
 
-def make_plan(graph: onnx.ModelProto, hists: dict[str, StreamingHistogram], config: ConvertConfig, int16: Iterable[str] = ()) -> QuantPlan:
-    """Choose a range per tensor, then the constrained INT8 parameters (``int16``: 16x8 tensors)."""
+def score_logits(head: HeadSpec | None) -> set[str]:
+    """The outputs holding logits the decoder reads through a sigmoid (class scores, objectness)."""
+    return set() if head is None else {e.name for e in head.endpoints if e.kind in ("scores", "objectness")}
+
+
+def make_plan(
+    graph: onnx.ModelProto, hists: dict[str, StreamingHistogram], config: ConvertConfig,
+    int16: Iterable[str] = (), logits: Iterable[str] = (), int8_views: Mapping[str, QParams] | None = None,
+) -> QuantPlan:
+    """Choose a range per tensor, then the constrained INT8 parameters.
+
+    ``int16``: the 16x8 tensors. They take their exact min/max range: at 16 bits rounding is
+    negligible, so clipping would be the only error left. Their int8 consumers read them with
+    ``int8_views`` (the plain int8 plan's parameters). ``logits``: score-logit outputs, floored
+    at ``logit(SCORE_FLOOR)`` in int8.
+    """
     outputs = {o.name for o in graph.graph.output}
+    logits, int16 = set(logits), set(int16)
     inputs = {i.name for i in graph.graph.input}  # pinned to the input quantization: no range to choose
     transfers = consumer_transfers(graph)
     ranges, methods = {}, {}
     for name, h in hists.items():
         if name in inputs:
             continue
-        method = config.output_method if name in outputs else config.calib_method
+        method = "minmax" if name in int16 else config.output_method if name in outputs else config.calib_method
         ranges[name], methods[name] = choose_range(h, method, transfer=transfers.get(name, IDENTITY))
+        if name in logits and name not in int16:
+            ranges[name] = floor_logits(ranges[name])
+            methods[name] += "+score_floor"
     ranges, derived = with_derived_ranges(graph, ranges)
     methods.update(dict.fromkeys(derived, "derived"))
-    plan = plan_from_ranges(graph, ranges, methods=methods, int16=int16)
+    plan = plan_from_ranges(graph, ranges, methods=methods, int16=int16, int8_views=int8_views)
     plan.notes["range_methods"] = dict(sorted(Counter(methods.values()).items()))
     plan.notes["range_transfers"] = dict(sorted(Counter(t.name for n, t in transfers.items() if n in hists).items()))
     return plan
@@ -136,7 +154,7 @@ def _mixed_precision(prep: Prepared, hists: dict[str, StreamingHistogram], plan:
     images = islice(calib.images(prep.loaded.info.imgsz), SENSITIVITY_IMAGES) if config.int16_budget is not None else None
     int16, record = mixed_precision(prep.graph, plan.activations, names=config.int16, budget_percent=config.int16_budget,
                                     images=images, head=prep.head, threads=config.threads)
-    return make_plan(prep.graph, hists, config, int16=int16), record
+    return make_plan(prep.graph, hists, config, int16=int16, logits=score_logits(prep.head), int8_views=plan.activations), record
 
 
 def _calib_fingerprint(calib: CalibrationSet) -> str:
@@ -153,7 +171,7 @@ def _provenance(prep: Prepared, calib: CalibrationSet, plan: QuantPlan, config: 
         "target": "tflite",
         "split": config.split,
         "input_dtype": "uint8",
-        "output_dtype": "int8",
+        "output_dtype": "+".join(sorted({plan.activations[o.name].dtype for o in prep.graph.graph.output})),
         "boxes_normalized": prep.normalized_boxes if prep.head is None else False,
         "head": None if prep.head is None else {"family": prep.head.family, "reg_max": prep.head.reg_max, "strides": list(prep.head.strides), "nc": prep.head.nc, "nm": prep.head.nm},
         "calibration": {
@@ -162,6 +180,7 @@ def _provenance(prep: Prepared, calib: CalibrationSet, plan: QuantPlan, config: 
             "fingerprint": _calib_fingerprint(calib),
             "method": config.calib_method,
             "output_method": config.output_method,
+            "score_floor": SCORE_FLOOR if score_logits(prep.head) else None,
             "methods_used": plan.notes.get("range_methods", {}),
             "transfers": plan.notes.get("range_transfers", {}),
         },
@@ -230,7 +249,7 @@ def export_artifact(
     from edgeq.export.tflite import write_tflite
 
     info = prep.loaded.info
-    plan = make_plan(prep.graph, hists, config)
+    plan = make_plan(prep.graph, hists, config, logits=score_logits(prep.head))
     mixed = None
     if config.int16 or config.int16_budget is not None:
         plan, mixed = _mixed_precision(prep, hists, plan, calib_set, config)

@@ -119,6 +119,7 @@ def plan_from_ranges(
     input_name_params: QParams | None = None,
     int16: Iterable[str] = frozenset(),
     methods: Mapping[str, str] | None = None,
+    int8_views: Mapping[str, QParams] | None = None,
 ) -> QuantPlan:
     """Turn calibrated float ranges into a TFLite-ready INT8 (or 16x8) quantization plan.
 
@@ -129,6 +130,8 @@ def plan_from_ranges(
             (raw 0..255 pixels: the model's ``/255`` is folded into the input quantization).
         int16: activations to quantize as int16 (symmetric, zero point 0: TFLite 16x8).
         methods: tensor -> range-setting method name, recorded as provenance.
+        int8_views: parameters int8 consumers read an int16 tensor with (the plain int8 plan's);
+            default: int8 over the tensor's own range.
 
     Returns:
         A plan with per-channel symmetric int8 weights for every Conv/ConvTranspose weight and
@@ -151,7 +154,8 @@ def plan_from_ranges(
         plan.activations[name] = groups.params(name)
         group = groups.group(name)
         if group.dtype == "int16" and group.pinned is None:
-            plan.int8_views[name] = activation_params(group.lo, group.hi, "int8")
+            view = (int8_views or {}).get(name)
+            plan.int8_views[name] = view if view is not None else activation_params(group.lo, group.hi, "int8")
         base = methods.get(name, "range")
         plan.methods[name] = base if sizes[groups.root(name)] == 1 else f"{base}+shared"
     for name in g.inputs:

@@ -28,9 +28,12 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgeq.calib.ranges import SCORE_FLOOR
 from edgeq.meta.schema import Output
 from edgeq.quant.observe import ArtifactProbe, FloatProbe
 
+#: Score logits at or below this are all "no detection" (see :data:`~edgeq.calib.ranges.SCORE_FLOOR`).
+LOGIT_FLOOR = float(np.log(SCORE_FLOOR / (1.0 - SCORE_FLOOR)))
 #: Calibration images the guard runs.
 IMAGES = 4
 
@@ -59,6 +62,9 @@ class Component:
         axis / start / stop: the slice of the output (ONNX layout) the component covers
             (``axis`` None: the whole tensor).
         unit: multiplies the step to get natural units (input size for normalized boxes).
+        sigmoid: the decoder reads it through a sigmoid (score logits): logits below
+            ``logit(SCORE_FLOOR)`` never pass a threshold, so they count as equal to it (the
+            planner floors such outputs' ranges there).
     """
 
     tensor: str
@@ -67,6 +73,7 @@ class Component:
     start: int = 0
     stop: int | None = None
     unit: float = 1.0
+    sigmoid: bool = False
 
     @property
     def label(self) -> str:
@@ -139,10 +146,11 @@ def _components_of(out: Output, phys: Output, nc: int, imgsz: int) -> list[Compo
     name = phys.name
     if out.type == "detection" and not out.children:
         return _combined(name, phys, nc, imgsz, bool(out.normalized))
-    if out.type in ("boxes", "scores") and (out.encoding == "dfl" or out.activation_required == "sigmoid"):
-        return [Component(name, "logits")]
-    if out.type == "detection" or out.activation_required == "sigmoid":
-        return [Component(name, "logits")]
+    sigmoid = (phys.activation_required or out.activation_required) == "sigmoid"
+    if out.type in ("boxes", "scores") and (out.encoding == "dfl" or sigmoid):
+        return [Component(name, "logits", sigmoid=sigmoid)]
+    if out.type == "detection" or sigmoid:
+        return [Component(name, "logits", sigmoid=sigmoid)]
     if out.type == "scores":
         return [Component(name, "scores")]
     return [Component(name, "values")]
@@ -167,11 +175,13 @@ class _Stats:
         self.lo, self.hi = np.inf, -np.inf
         self.seen = np.zeros(1 << 16, bool)
 
-    def add(self, ref: np.ndarray, approx: np.ndarray, codes: np.ndarray | None = None) -> None:
-        ref64 = ref.astype(np.float64)
+    def add(self, ref: np.ndarray, approx: np.ndarray, codes: np.ndarray | None = None, sigmoid: bool = False) -> None:
+        self.lo, self.hi = min(self.lo, float(ref.min())), max(self.hi, float(ref.max()))
+        ref64, approx = ref.astype(np.float64), approx.astype(np.float64)
+        if sigmoid:
+            ref64, approx = np.maximum(ref64, LOGIT_FLOOR), np.maximum(approx, LOGIT_FLOOR)
         self.signal += float(np.sum(ref64**2))
         self.noise += float(np.sum((ref64 - approx) ** 2))
-        self.lo, self.hi = min(self.lo, float(ref.min())), max(self.hi, float(ref.max()))
         if codes is not None:
             self.seen[(codes.astype(np.int64).ravel() + (1 << 15)) & 0xFFFF] = True
 
@@ -207,7 +217,7 @@ def check_artifact(graph: onnx.ModelProto, buffer: bytes, layouts: Mapping[str, 
         probe.run(rgb)
         ref = floats.run(rgb)
         for p in parts:
-            stats[p.label].add(p.take(ref[p.tensor]), p.take(probe.value(p.tensor)), p.take(probe.codes(p.tensor)))
+            stats[p.label].add(p.take(ref[p.tensor]), p.take(probe.value(p.tensor)), p.take(probe.codes(p.tensor)), p.sigmoid)
         for n in names:
             tensors[n].add(ref[n], probe.value(n))
     checks = [_judge(p, stats[p.label], probe.tensors[p.tensor].scale, split) for p in parts]
@@ -246,8 +256,9 @@ def _fix(p: Component, split: str, coarse: bool) -> str:
     if coarse:
         return ("the output's range is set by rare extreme values: calibrate on more, representative "
                 "images (letterboxed like deployment, >= 100)")
-    return ("the error accumulates upstream: keep --calib-method auto and bias correction on, and run "
-            "`edgeq analyze` to find the layers worth keeping in int16 (--int16 / --int16-budget)")
+    return ("the error accumulates upstream: calibrate on >= 100 representative images, run "
+            "`edgeq analyze` to find the layers that cost it, and keep them in int16 "
+            "(--int16 NAME, or --int16-budget 5 for the outputs plus the most sensitive layers)")
 
 
 def _tensor_check(name: str, s: _Stats, scale: float) -> Check:

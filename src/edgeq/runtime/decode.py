@@ -298,10 +298,23 @@ def select_scores(
     return keep, c[keep].astype(np.int64), s[keep]
 
 
+def _saturated_low(field: Field, activation: str | None) -> float:
+    """The score of a per-tensor sigmoid field's lowest code, which is never a detection.
+
+    That code holds every logit at or below the bottom of the output's range: edgeq floors score
+    logits at ``logit(1e-4)``, so below that confidence all background would tie with it.
+    """
+    q = field.quant
+    if q is None or q.scale.ndim != 0 or activation != "sigmoid" or q.dtype not in _QRANGE:
+        return -math.inf
+    return float(_activate(q.dequantize(np.asarray(_QRANGE[q.dtype][0])), activation))
+
+
 def _pick(
     field: Field, rows: np.ndarray, conf: float, activation: str | None, multi_label: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(anchor, class, score) picks above ``conf`` of one score field (integer shortcut first)."""
+    conf = max(conf, _saturated_low(field, activation))
     picks = None if multi_label else single_label_codes(field, rows, conf, activation)
     if picks is not None:
         return picks
