@@ -172,3 +172,37 @@ def test_layer_tables_and_advice_render(analysis, tmp_path):
     md = to_markdown(a)
     assert "reaches an output" in md and "| 1 | `/model.1/act/Mul_output_0`" in md
     assert "<svg" in to_html(a) and json.loads(json.dumps(a.to_json()))["layers"][1]["kinds_db"]["boxes"] == "inf"
+
+
+def _anchor_head():
+    from edgeq.graph.heads import Endpoint, HeadSpec
+
+    na, nc, h, w = 3, 2, 4, 4
+    eps = (Endpoint("b", "boxes", "boxes_0", (1, na * 4, h, w), 8, 0),
+           Endpoint("o", "objectness", "objectness_0", (1, na, h, w), 8, 0),
+           Endpoint("s", "scores", "scores_0", (1, na * nc, h, w), 8, 0))
+    head = HeadSpec("yolov5", "detect", nc, 1, (8,), eps, anchors=(((10, 13), (16, 30), (33, 23)),))
+    rng = np.random.default_rng(0)
+    ref = {"boxes_0": rng.normal(0, 1, (1, na * 4, h, w)), "objectness_0": rng.normal(-3, 3, (1, na, h, w)),
+           "scores_0": rng.normal(-3, 3, (1, na * nc, h, w))}
+    return head, ref
+
+
+def test_anchor_heads_get_decoded_errors_and_floored_score_logits():
+    """YOLOv5: scores as obj x cls, boxes in pixels weighted by score; logits below the floor are free."""
+    from edgeq.calib.ranges import LOGIT_FLOOR
+
+    head, ref = _anchor_head()
+    ref["objectness_0"][0, 0, 0, 0] = -25.0
+    floored = dict(ref, objectness_0=np.maximum(ref["objectness_0"], LOGIT_FLOOR))
+    acc = ErrorAccumulator()
+    acc.add(ref, floored, head)
+    err = acc.result()
+    assert set(err.decoded) == {"scores", "boxes"}
+    assert err.raw["objectness_0"] == 0 and err.decoded["boxes"] == 0
+    assert err.decoded["scores"] < 1e-7  # sigmoid(-9.2) vs sigmoid(-25): nothing a threshold sees
+    moved = dict(ref, boxes_0=ref["boxes_0"] + 0.1)
+    acc = ErrorAccumulator()
+    acc.add(ref, moved, head)
+    err = acc.result()
+    assert err.decoded["boxes"] > 0 and err.decoded["scores"] == 0

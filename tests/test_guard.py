@@ -95,7 +95,8 @@ def test_combined_yolov8n_with_pixel_boxes_is_flagged(tmp_path, monkeypatch, cap
 
 def test_score_logits_below_the_floor_count_as_the_floor():
     """A floored score output clips logits no threshold reads; only its sigmoid-read part is judged."""
-    from edgeq.quant.guard import LOGIT_FLOOR, _Stats
+    from edgeq.calib.ranges import LOGIT_FLOOR
+    from edgeq.quant.guard import _Stats
 
     ref = np.array([-30.0, -20.0, -12.0, -2.0, 0.5, 3.0])
     floored = np.maximum(ref, LOGIT_FLOOR)  # what a floored int8 range returns (plus rounding)

@@ -28,9 +28,10 @@ class ConvertConfig:
         threads: CPU threads for calibration inference (None: onnxruntime's default).
         int16: activations to keep in int16 (TFLite 16x8 kernels); each name promotes every
             tensor sharing its quantization parameters.
-        int16_budget: percent of activation elements that may be int16, filled with the
-            activations whose int8 quantization costs the most head accuracy (measured on the
-            first few calibration images; see :mod:`edgeq.quant.mixed`). None: off.
+        int16_budget: percent of activation elements that may be int16: the head outputs
+            first when they fit, then the activations whose int8 quantization costs the most
+            head accuracy (measured on the first few calibration images; see
+            :mod:`edgeq.quant.mixed`). None: off.
         bias_correction: fold the per-channel error INT8 adds at each conv into its bias,
             front to back on a fake-quantized run (:mod:`edgeq.quant.bias_correction`). Off:
             on YOLOv8n it measured within noise of no correction (COCO person set 0.6071 both

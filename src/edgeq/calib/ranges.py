@@ -39,6 +39,8 @@ PERCENTILE = 99.999
 #: them (YOLOv8n scores_0 reaches -38): flooring there makes the step ~3.5x finer where ranking
 #: happens. Float graph with only its score outputs int8: coco-val-dev 0.4453 -> 0.4509 (float 0.4561).
 SCORE_FLOOR = 1e-4
+#: ``logit(SCORE_FLOOR)``: score logits at or below it are all "no detection".
+LOGIT_FLOOR = float(np.log(SCORE_FLOOR / (1.0 - SCORE_FLOOR)))
 #: ``auto`` keeps the widest candidate whose expected error is within this factor of the best.
 AUTO_TOLERANCE = 1.05
 #: Candidate clipping points for ``mse``/``entropy``: these fractions of the observed bound.
@@ -197,13 +199,10 @@ def choose_range(
     return candidates[chosen], chosen
 
 
-def floor_logits(rng: Range, floor: float = SCORE_FLOOR) -> Range:
-    """``rng`` of a logit read through a sigmoid, with its low end raised to ``logit(floor)``.
-
-    The zero it must contain keeps a floored range valid (a logit range below zero stays so).
-    """
+def floor_logits(rng: Range) -> Range:
+    """``rng`` of a logit read through a sigmoid, with its low end raised to :data:`LOGIT_FLOOR`."""
     lo, hi = rng
-    return max(lo, float(np.log(floor / (1.0 - floor)))), hi
+    return max(lo, LOGIT_FLOOR), hi
 
 
 def consumer_transfers(model: onnx.ModelProto) -> dict[str, Transfer]:

@@ -14,7 +14,10 @@ Errors are measured against the float head outputs (:func:`head_error`):
 * ``raw``: relative noise power ``sum((q - f)^2) / sum(f^2)`` per output tensor;
 * for YOLOv8-style heads, *decoded* errors that ignore what decode throws away: sigmoid scores,
   DFL-decoded box distances and mask coefficients, the last two weighted per anchor by the float
-  top class score (background anchors do not count), and raw protos.
+  top class score (background anchors do not count), and raw protos; for YOLOv5 anchor heads,
+  objectness x class scores and pixel xywh boxes weighted the same way.
+
+Raw score logits count from ``LOGIT_FLOOR`` up (below it nothing is a detection).
 
 The ranking key, :attr:`HeadError.noise`, is the mean of the decoded relative noise per output
 kind (the mean raw relative noise over outputs when the head is unknown). Quantization noise from
@@ -35,7 +38,8 @@ from onnx import helper, numpy_helper
 
 from edgeq.calib.collect import activation_names, expose_all, make_session
 from edgeq.calib.preprocess import to_nchw_float
-from edgeq.graph.heads import HeadSpec
+from edgeq.calib.ranges import LOGIT_FLOOR
+from edgeq.graph.heads import Endpoint, HeadSpec
 from edgeq.quant.constraints import as_dtype
 from edgeq.quant.plan import QParams
 
@@ -67,13 +71,21 @@ class ErrorAccumulator:
         acc[1] += signal
 
     def add(self, ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray], head: HeadSpec | None) -> None:
-        """Accumulate one image's error of ``test`` against ``ref`` (both: output name -> NCHW)."""
+        """Accumulate one image's error of ``test`` against ``ref`` (both: output name -> NCHW).
+
+        Score logits count from :data:`LOGIT_FLOOR` up: below it nothing is a detection, and
+        the planner floors those outputs' ranges there.
+        """
+        floored = set() if head is None else {e.name for e in head.endpoints if e.kind in ("scores", "objectness")}
         for name, f in ref.items():
-            q = test.get(name, f)
-            d = q.astype(np.float64) - f
-            self._add(self.raw, name, float(np.sum(d * d)), float(np.sum(np.square(f, dtype=np.float64))))
-        if head is not None and head.family == "yolov8" and head.of_kind("scores"):
-            for kind, noise, signal in _decoded_errors(ref, test, head):
+            f, q = f.astype(np.float64), test.get(name, f).astype(np.float64)
+            if name in floored:
+                f, q = np.maximum(f, LOGIT_FLOOR), np.maximum(q, LOGIT_FLOOR)
+            d = q - f
+            self._add(self.raw, name, float(np.sum(d * d)), float(np.sum(f * f)))
+        decoders = {"yolov8": _decoded_errors, "yolov5": _decoded_anchor_errors}
+        if head is not None and head.family in decoders and head.of_kind("scores") and head.of_kind("boxes"):
+            for kind, noise, signal in decoders[head.family](ref, test, head):
                 self._add(self.decoded, kind, noise, signal)
 
     def result(self) -> HeadError:
@@ -150,6 +162,39 @@ def _decoded_errors(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray
         f = ref[e.name].astype(np.float64)
         q = test.get(e.name, ref[e.name]).astype(np.float64)
         yield "protos", float(np.sum((q - f) ** 2)), float(np.sum(f * f))
+
+
+def _decoded_anchor_errors(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray], head: HeadSpec) -> Iterable[tuple[str, float, float]]:
+    """YOLOv5 per-level heads: obj x class scores, and pixel xywh weighted by the float top score.
+
+    Channels are anchor-major (``boxes_i`` a*4+k, ``objectness_i`` a, ``scores_i`` a*nc+c).
+    """
+    levels = {e.scale_index: {} for e in head.endpoints if e.scale_index is not None}
+    for e in head.endpoints:
+        if e.scale_index is not None:
+            levels[e.scale_index][e.kind] = e
+    for i, parts in sorted(levels.items()):
+        if not {"boxes", "objectness", "scores"} <= set(parts):
+            continue
+        na = len(head.anchors[i]) if head.anchors else parts["objectness"].shape[1]
+
+        def split(e: Endpoint, x: Mapping[str, np.ndarray]) -> np.ndarray:
+            v = x.get(e.name, ref[e.name])[0].astype(np.float64)
+            return v.reshape(na, -1, *v.shape[1:])  # (na, F, H, W)
+
+        sf = _sigmoid(split(parts["objectness"], ref)) * _sigmoid(split(parts["scores"], ref))
+        sq = _sigmoid(split(parts["objectness"], test)) * _sigmoid(split(parts["scores"], test))
+        yield "scores", float(np.sum((sq - sf) ** 2)), float(np.sum(sf * sf))
+        stride = float(head.strides[i])
+        wh = np.asarray(head.anchors[i], np.float64).reshape(na, 2, 1, 1) if head.anchors else stride
+
+        def xywh(t: np.ndarray) -> np.ndarray:
+            sig = _sigmoid(t)
+            return np.concatenate([(2 * sig[:, :2] - 0.5) * stride, (2 * sig[:, 2:4]) ** 2 * wh], axis=1)
+
+        bf, bq = xywh(split(parts["boxes"], ref)), xywh(split(parts["boxes"], test))
+        w = sf.max(axis=1, keepdims=True)  # (na, 1, H, W): float top score per anchor
+        yield "boxes", float(np.sum(w * (bq - bf) ** 2)), float(np.sum(w * bf * bf))
 
 
 # ----------------------------------------------------------------------------- float activations

@@ -28,12 +28,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgeq.calib.ranges import SCORE_FLOOR
+from edgeq.calib.ranges import LOGIT_FLOOR
 from edgeq.meta.schema import Output
 from edgeq.quant.observe import ArtifactProbe, FloatProbe
 
-#: Score logits at or below this are all "no detection" (see :data:`~edgeq.calib.ranges.SCORE_FLOOR`).
-LOGIT_FLOOR = float(np.log(SCORE_FLOOR / (1.0 - SCORE_FLOOR)))
 #: Calibration images the guard runs.
 IMAGES = 4
 
@@ -63,7 +61,7 @@ class Component:
             (``axis`` None: the whole tensor).
         unit: multiplies the step to get natural units (input size for normalized boxes).
         sigmoid: the decoder reads it through a sigmoid (score logits): logits below
-            ``logit(SCORE_FLOOR)`` never pass a threshold, so they count as equal to it (the
+            :data:`~edgeq.calib.ranges.LOGIT_FLOOR` never pass a threshold, so they count as equal to it (the
             planner floors such outputs' ranges there).
     """
 
