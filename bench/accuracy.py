@@ -7,6 +7,11 @@ serves every variant built from the same graph, so the whole run fits in ~20 min
 
     python bench/accuracy.py                      # all models, dev + person sets
     python bench/accuracy.py --models yolov8n --sets dev --calib-count 100
+    python bench/accuracy.py --attribute          # + where the smart drop comes from (~+6 min)
+
+``--attribute`` adds a row per model and set: the float graph with only the smart artifact's
+*output* rounding (:mod:`edgeq.eval.attribution`), so the smart drop splits into what the outputs'
+own int8 steps cost and what the int8 activations and weights inside the graph cost.
 """
 from __future__ import annotations
 
@@ -34,6 +39,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--calib-count", type=int, default=200)
     p.add_argument("--int16-budget", type=float, default=5.0, help="budget for the smart+int16 variant (percent)")
     p.add_argument("--json", type=Path, help="also write all rows as JSON")
+    p.add_argument("--attribute", action="store_true",
+                   help="also validate the float graph with only the smart artifact's output rounding")
     return p.parse_args()
 
 
@@ -46,11 +53,13 @@ def _variants(int16_budget: float) -> list[tuple[str, dict]]:
     return variants
 
 
-def _validate(model_path: Path, data_dir: Path) -> dict:
+def _validate(model_path: Path, data_dir: Path, source: Path | None = None) -> dict:
+    """mAP of an artifact or ONNX model (``source``: the float graph with only the artifact's output rounding)."""
     from edgeq.eval import validate
+    from edgeq.eval.attribution import output_rounding_model
     from edgeq.runtime import load
 
-    model = load(model_path)
+    model = load(model_path) if source is None else output_rounding_model(model_path, source)
     iou = 0.6 if model.meta.decoder_version == "yolov5" else 0.7  # each family's own `val` default
     r = validate(model, data_dir / "instances.json", data_dir / "images", iou=iou, progress=False)
     out = {}
@@ -115,6 +124,11 @@ def main() -> int:
                     else:
                         row["error"] = art
                     rows.append(row)
+                    if a.attribute and name == "smart" and isinstance(art, Path):
+                        row = dict(model=stem, variant="smart, outputs only", set=set_name, seconds=None)
+                        row.update(_validate(art, set_dir, source=model))
+                        row["drop"] = {t: ref[t][0] - row[t][0] for t in ref if t in row}
+                        rows.append(row)
                 console.print(f"  validated {stem} on {set_name}")
     _print(rows, time.perf_counter() - t_start)
     if a.json:

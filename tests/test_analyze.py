@@ -206,3 +206,28 @@ def test_anchor_heads_get_decoded_errors_and_floored_score_logits():
     acc.add(ref, moved, head)
     err = acc.result()
     assert err.decoded["boxes"] > 0 and err.decoded["scores"] == 0
+
+
+def test_output_rounding_model_rounds_the_float_graph_like_the_artifact(artifact):
+    """Float graph + only the artifact's output rounding: values on the artifact's grid, in its
+    NHWC layout (scores_0 is 80x80x80, where a shape test cannot tell the layouts apart)."""
+    import cv2
+
+    from edgeq.eval.attribution import output_rounding_model
+    from edgeq.runtime import load
+
+    art = load(artifact)
+    mixed = output_rounding_model(artifact, shared_path("models", "yolov8n.onnx"))
+    image = cv2.imread(str(shared_path("coco-val-dev", "images", "000000000139.jpg")))
+    x, _ = art.preprocess(image)
+    got, codes = mixed.run(x), art.run(x)
+    for d in art.backend.outputs:
+        scale, zp = float(d.quant.scale), float(d.quant.zero_point)
+        q = got[d.name] / scale + zp
+        assert got[d.name].shape == codes[d.name].shape
+        np.testing.assert_allclose(q, np.round(q), atol=2e-3)  # on the artifact's grid
+        assert q.min() >= -128.001 and q.max() <= 127.001
+        real = (codes[d.name].astype(np.float32) - zp) * scale
+        # near the artifact's own values: only the inner int8 noise differs (about 20 dB)
+        assert np.mean((got[d.name] - real) ** 2) < 0.1 * np.var(real), d.name
+    assert [int(c) for c in mixed.predict(image, conf=0.5).class_ids[:1]] == [int(c) for c in art.predict(image, conf=0.5).class_ids[:1]]
