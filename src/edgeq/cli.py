@@ -91,7 +91,8 @@ def convert(
     console.print(f"[green]wrote[/] {result.path} ({size:.1f} MB, {len(result.meta.outputs)} logical outputs, split={split})")
     mixed = result.meta.edgeq.get("mixed_precision")
     if mixed:
-        console.print(f"  int16: {len(mixed['int16'])} activations ({mixed['elements_percent']:.2f}% of activation elements)")
+        outs = ", outputs " + result.meta.edgeq["output_dtype"] if "int16" in result.meta.edgeq.get("output_dtype", "") else ""
+        console.print(f"  int16: {len(mixed['int16'])} activations ({mixed['elements_percent']:.2f}% of activation elements){outs}")
 
 
 @app.command()
