@@ -19,6 +19,7 @@ from edgeq.calib.collect import make_session
 from edgeq.config import ConvertConfig
 from edgeq.errors import ArtifactError
 from edgeq.meta.read import TensorDesc
+from edgeq.meta.schema import Quant
 from edgeq.runtime.artifact import Model, load
 
 _RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
@@ -54,7 +55,8 @@ class OutputRoundingBackend:
         return [self._round(outs[i], desc, q, dt) for i, desc, q, dt in zip(self._order, self.outputs, self._quant, self._dtypes)]
 
     @staticmethod
-    def _round(v: np.ndarray, desc: TensorDesc, q, dtype: str) -> np.ndarray:
+    def _round(v: np.ndarray, desc: TensorDesc, q: Quant | None, dtype: str) -> np.ndarray:
+        """One float output in the artifact's layout, rounded to its codes and dequantized."""
         if v.ndim == 4 and tuple(v.shape[i] for i in (0, 2, 3, 1)) == tuple(desc.shape):
             # edgeq stores 4-D outputs NHWC (also when C == H == W, as in scores_0 of YOLOv8n)
             v = v.transpose(0, 2, 3, 1)

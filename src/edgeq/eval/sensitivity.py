@@ -164,35 +164,39 @@ def _decoded_errors(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray
         yield "protos", float(np.sum((q - f) ** 2)), float(np.sum(f * f))
 
 
+def _per_anchor(x: np.ndarray, na: int) -> np.ndarray:
+    """(1, na*F, H, W) anchor-major channels -> (na, F, H, W) float64."""
+    v = x[0].astype(np.float64)
+    return v.reshape(na, -1, *v.shape[1:])
+
+
+def _anchor_xywh(t: np.ndarray, stride: float, wh: np.ndarray | float) -> np.ndarray:
+    """YOLOv5 box logits (na, 4, H, W) -> pixel offsets/sizes: (2 sig - 0.5) * stride, (2 sig)^2 * anchor."""
+    sig = _sigmoid(t)
+    return np.concatenate([(2 * sig[:, :2] - 0.5) * stride, (2 * sig[:, 2:4]) ** 2 * wh], axis=1)
+
+
 def _decoded_anchor_errors(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray], head: HeadSpec) -> Iterable[tuple[str, float, float]]:
     """YOLOv5 per-level heads: obj x class scores, and pixel xywh weighted by the float top score.
 
     Channels are anchor-major (``boxes_i`` a*4+k, ``objectness_i`` a, ``scores_i`` a*nc+c).
     """
-    levels = {e.scale_index: {} for e in head.endpoints if e.scale_index is not None}
+    levels: dict[int, dict[str, Endpoint]] = {}
     for e in head.endpoints:
         if e.scale_index is not None:
-            levels[e.scale_index][e.kind] = e
+            levels.setdefault(e.scale_index, {})[e.kind] = e
     for i, parts in sorted(levels.items()):
         if not {"boxes", "objectness", "scores"} <= set(parts):
             continue
         na = len(head.anchors[i]) if head.anchors else parts["objectness"].shape[1]
-
-        def split(e: Endpoint, x: Mapping[str, np.ndarray]) -> np.ndarray:
-            v = x.get(e.name, ref[e.name])[0].astype(np.float64)
-            return v.reshape(na, -1, *v.shape[1:])  # (na, F, H, W)
-
-        sf = _sigmoid(split(parts["objectness"], ref)) * _sigmoid(split(parts["scores"], ref))
-        sq = _sigmoid(split(parts["objectness"], test)) * _sigmoid(split(parts["scores"], test))
+        box, obj, cls = (parts[k].name for k in ("boxes", "objectness", "scores"))
+        sf = _sigmoid(_per_anchor(ref[obj], na)) * _sigmoid(_per_anchor(ref[cls], na))
+        sq = _sigmoid(_per_anchor(test.get(obj, ref[obj]), na)) * _sigmoid(_per_anchor(test.get(cls, ref[cls]), na))
         yield "scores", float(np.sum((sq - sf) ** 2)), float(np.sum(sf * sf))
         stride = float(head.strides[i])
         wh = np.asarray(head.anchors[i], np.float64).reshape(na, 2, 1, 1) if head.anchors else stride
-
-        def xywh(t: np.ndarray) -> np.ndarray:
-            sig = _sigmoid(t)
-            return np.concatenate([(2 * sig[:, :2] - 0.5) * stride, (2 * sig[:, 2:4]) ** 2 * wh], axis=1)
-
-        bf, bq = xywh(split(parts["boxes"], ref)), xywh(split(parts["boxes"], test))
+        bf = _anchor_xywh(_per_anchor(ref[box], na), stride, wh)
+        bq = _anchor_xywh(_per_anchor(test.get(box, ref[box]), na), stride, wh)
         w = sf.max(axis=1, keepdims=True)  # (na, 1, H, W): float top score per anchor
         yield "boxes", float(np.sum(w * (bq - bf) ** 2)), float(np.sum(w * bf * bf))
 
