@@ -108,9 +108,8 @@ def calibrate(graph: onnx.ModelProto, calib: CalibrationSet, imgsz: tuple[int, i
                               names=observed_tensors(graph))
 
 
-def score_logits(head: HeadSpec | None) -> set[str]:
-    """The outputs holding logits the decoder reads through a sigmoid (class scores, objectness)."""
-    return set() if head is None else {e.name for e in head.endpoints if e.kind in ("scores", "objectness")}
+def _score_logits(prep: Prepared) -> set[str]:
+    return set() if prep.head is None else prep.head.score_logits()
 
 
 def make_plan(
@@ -154,7 +153,7 @@ def _mixed_precision(prep: Prepared, hists: dict[str, StreamingHistogram], plan:
     images = islice(calib.images(prep.loaded.info.imgsz), SENSITIVITY_IMAGES) if config.int16_budget is not None else None
     int16, record = mixed_precision(prep.graph, plan.activations, names=config.int16, budget_percent=config.int16_budget,
                                     images=images, head=prep.head, threads=config.threads)
-    return make_plan(prep.graph, hists, config, int16=int16, logits=score_logits(prep.head), int8_views=plan.activations), record
+    return make_plan(prep.graph, hists, config, int16=int16, logits=_score_logits(prep), int8_views=plan.activations), record
 
 
 def _calib_fingerprint(calib: CalibrationSet) -> str:
@@ -180,7 +179,7 @@ def _provenance(prep: Prepared, calib: CalibrationSet, plan: QuantPlan, config: 
             "fingerprint": _calib_fingerprint(calib),
             "method": config.calib_method,
             "output_method": config.output_method,
-            "score_floor": SCORE_FLOOR if score_logits(prep.head) else None,
+            "score_floor": SCORE_FLOOR if _score_logits(prep) else None,
             "methods_used": plan.notes.get("range_methods", {}),
             "transfers": plan.notes.get("range_transfers", {}),
         },
@@ -249,7 +248,7 @@ def export_artifact(
     from edgeq.export.tflite import write_tflite
 
     info = prep.loaded.info
-    plan = make_plan(prep.graph, hists, config, logits=score_logits(prep.head))
+    plan = make_plan(prep.graph, hists, config, logits=_score_logits(prep))
     mixed = None
     if config.int16 or config.int16_budget is not None:
         plan, mixed = _mixed_precision(prep, hists, plan, calib_set, config)

@@ -20,9 +20,8 @@ from edgeq.config import ConvertConfig
 from edgeq.errors import ArtifactError
 from edgeq.meta.read import TensorDesc
 from edgeq.meta.schema import Quant
+from edgeq.quant.plan import QRANGE, QParams
 from edgeq.runtime.artifact import Model, load
-
-_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
 
 
 class OutputRoundingBackend:
@@ -62,17 +61,10 @@ class OutputRoundingBackend:
             v = v.transpose(0, 2, 3, 1)
         if q is None:
             return np.ascontiguousarray(v)
-        if dtype not in _RANGES:
+        if dtype not in QRANGE:
             raise ArtifactError(f"output {desc.name!r} has dtype {dtype}, which this attribution cannot round")
-        lo, hi = _RANGES[dtype]
-        scale = np.asarray(q.scale, np.float32)
-        zp = np.asarray(q.zero_point, np.float32)
-        if scale.size > 1:  # per channel on the artifact's axis
-            shape = [1] * v.ndim
-            shape[q.axis] = -1
-            scale, zp = scale.reshape(shape), zp.reshape(shape)
-        codes = np.clip(np.round(v / scale) + zp, lo, hi)
-        return np.ascontiguousarray(((codes - zp) * scale).astype(np.float32))
+        p = QParams(q.scale, q.zero_point, dtype, q.axis if np.size(q.scale) > 1 else None)  # type: ignore[arg-type]
+        return np.ascontiguousarray(p.dequantize(p.quantize(v)))
 
 
 def output_rounding_model(artifact: str | Path, source: str | Path, threads: int | None = None) -> Model:

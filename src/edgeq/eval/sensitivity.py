@@ -76,16 +76,16 @@ class ErrorAccumulator:
         Score logits count from :data:`LOGIT_FLOOR` up: below it nothing is a detection, and
         the planner floors those outputs' ranges there.
         """
-        floored = set() if head is None else {e.name for e in head.endpoints if e.kind in ("scores", "objectness")}
+        floored = set() if head is None else head.score_logits()
         for name, f in ref.items():
             f, q = f.astype(np.float64), test.get(name, f).astype(np.float64)
             if name in floored:
                 f, q = np.maximum(f, LOGIT_FLOOR), np.maximum(q, LOGIT_FLOOR)
             d = q - f
             self._add(self.raw, name, float(np.sum(d * d)), float(np.sum(f * f)))
-        decoders = {"yolov8": _decoded_errors, "yolov5": _decoded_anchor_errors}
-        if head is not None and head.family in decoders and head.of_kind("scores") and head.of_kind("boxes"):
-            for kind, noise, signal in decoders[head.family](ref, test, head):
+        decode = None if head is None else _DECODED_ERRORS.get(head.family)
+        if decode is not None and head.of_kind("scores") and head.of_kind("boxes"):
+            for kind, noise, signal in decode(ref, test, head):
                 self._add(self.decoded, kind, noise, signal)
 
     def result(self) -> HeadError:
@@ -199,6 +199,10 @@ def _decoded_anchor_errors(ref: Mapping[str, np.ndarray], test: Mapping[str, np.
         bq = _anchor_xywh(_per_anchor(test.get(box, ref[box]), na), stride, wh)
         w = sf.max(axis=1, keepdims=True)  # (na, 1, H, W): float top score per anchor
         yield "boxes", float(np.sum(w * (bq - bf) ** 2)), float(np.sum(w * bf * bf))
+
+
+#: Decoded-error measure per head family.
+_DECODED_ERRORS = {"yolov8": _decoded_errors, "yolov5": _decoded_anchor_errors}
 
 
 # ----------------------------------------------------------------------------- float activations

@@ -63,6 +63,10 @@ class HeadSpec:
     def of_kind(self, kind: str) -> list[Endpoint]:
         return [e for e in self.endpoints if e.kind == kind]
 
+    def score_logits(self) -> set[str]:
+        """The outputs holding logits the decoder reads through a sigmoid (class scores, objectness)."""
+        return {e.name for e in self.endpoints if e.kind in ("scores", "objectness")}
+
     def describe(self) -> str:
         parts = [f"{self.family} {self.task} head, {self.nc} classes, reg_max {self.reg_max}, strides {list(self.strides)}"]
         parts += [f"  {e.name:14s} {e.kind:10s} {list(e.shape)} stride {e.stride}  <- {e.tensor}" for e in self.endpoints]
