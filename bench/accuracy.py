@@ -74,7 +74,7 @@ def _convert_variants(model: Path, calib: Path, count: int, int16_budget: float,
     from edgeq.calib.dataset import calibration_set
     from edgeq.config import ConvertConfig
     from edgeq.errors import EdgeqError
-    from edgeq.pipeline import calibrate, export_artifact, prepare
+    from edgeq.pipeline import calibrate, export_artifact, prepare, round_weights
 
     calib_set = calibration_set(calib, count=count)
     results, cache = {}, {}
@@ -83,7 +83,7 @@ def _convert_variants(model: Path, calib: Path, count: int, int16_budget: float,
         t0 = time.perf_counter()
         try:
             if cfg.split not in cache:
-                prep = prepare(model, cfg)
+                prep = round_weights(prepare(model, cfg), calib_set, cfg)
                 hists = calibrate(prep.graph, calib_set, prep.loaded.info.imgsz, cfg, progress=False)
                 cache[cfg.split] = (prep, hists, time.perf_counter() - t0)
             prep, hists, calib_s = cache[cfg.split]

@@ -235,15 +235,18 @@ def test_conversion_records_the_techniques_it_ran(seg_artifact):
     assert tech["equalize"]["pairs"] == 1, "the Proto upsample -> cv2 pair"
     assert tech["bias_correction"]["convs"] > 60 and tech["bias_correction"]["images"] == 6
     assert prov["guard"]["status"] == "ok" and len(prov["guard"]["outputs"]) == 10
+    # the shared YOLOv8n-seg was rebuilt from INT8 weights: GPTQ only rounds the conv whose input
+    # channels equalization rescaled off the grid
+    assert tech["weight_rounding"]["convs"] == 1 and tech["weight_rounding"]["on_grid"] > 60
 
 
 def test_techniques_can_be_switched_off(tmp_path):
     from edgeq.pipeline import convert
 
-    cfg = ConvertConfig(calib_count=2, calib_method="minmax", bias_correction=False, guard=False)
+    cfg = ConvertConfig(calib_count=2, calib_method="minmax", bias_correction=False, guard=False, weight_rounding="nearest")
     res = convert(shared_path("models", "yolov8n.onnx"), shared_path("coco-calib"), tmp_path / "a.tflite", cfg, progress=False)
     prov = res.meta.edgeq
-    assert prov["techniques"] == {"equalize": False, "bias_correction": False}
+    assert prov["techniques"] == {"equalize": False, "bias_correction": False, "weight_rounding": {"method": "nearest"}}
     # "derived": tensors a kernel ties to another (Sigmoid outputs, reshapes) need no range
     # score logits are floored at logit(SCORE_FLOOR): recorded per tensor
     assert set(prov["calibration"]["methods_used"]) == {"minmax", "minmax+score_floor", "derived"}

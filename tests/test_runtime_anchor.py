@@ -110,6 +110,8 @@ def test_converted_yolov5n_has_nine_int8_outputs_with_own_scales(tmp_path, calib
     res = convert(shared_path("models", "yolov5n.onnx"), calib_dir, out, ConvertConfig(calib_count=8), progress=False)
     meta = res.meta
     assert meta.decoder_version == "yolov5"
+    rounding = meta.edgeq["techniques"]["weight_rounding"]  # float weights: GPTQ rounds every conv
+    assert rounding["convs"] == 66 and rounding["images"] == 8 and rounding["median_error_ratio"] < 0.5
     assert [o.name for o in meta.outputs] == ["boxes", "objectness", "scores"]
     boxes = meta.output("boxes")
     # HAL's `anchors` type: [w, h] pairs, three per level in level order

@@ -45,6 +45,8 @@ class Prepared:
     head: HeadSpec | None
     normalized_boxes: bool
     techniques: dict[str, Any] = field(default_factory=dict)
+    #: the float graph before weight rounding: what the guard checks the artifact against
+    reference: onnx.ModelProto | None = None
 
 
 @dataclass
@@ -106,6 +108,27 @@ def calibrate(graph: onnx.ModelProto, calib: CalibrationSet, imgsz: tuple[int, i
     minmax_only = config.calib_method == "minmax" and config.output_method == "minmax"
     return collect_histograms(graph, images, threads=config.threads, bins=0 if minmax_only else NUM_BINS,
                               names=observed_tensors(graph))
+
+
+def round_weights(prep: Prepared, calib: CalibrationSet, config: ConvertConfig) -> Prepared:
+    """Replace the graph's conv weights by their GPTQ-rounded INT8 values (``weight_rounding``).
+
+    Runs before :func:`calibrate`, so the activation ranges are those of the weights the artifact
+    will hold. A no-op (no calibration pass) when every weight is already on its INT8 grid.
+    """
+    if config.weight_rounding != "gptq":
+        prep.techniques["weight_rounding"] = {"method": "nearest"}
+        return prep
+    from itertools import islice
+
+    from edgeq.quant.gptq import IMAGES, gptq_round
+
+    rounded = gptq_round(prep.graph, islice(calib.images(prep.loaded.info.imgsz), IMAGES), threads=config.threads)
+    prep.techniques["weight_rounding"] = rounded.record
+    if rounded.record["convs"]:
+        prep.reference = prep.reference or prep.graph
+        prep.graph = rounded.model
+    return prep
 
 
 def _score_logits(prep: Prepared) -> set[str]:
@@ -186,6 +209,7 @@ def _provenance(prep: Prepared, calib: CalibrationSet, plan: QuantPlan, config: 
         "techniques": {
             "equalize": prep.techniques.get("equalize", False),
             "bias_correction": prep.techniques.get("bias_correction", False),
+            "weight_rounding": prep.techniques.get("weight_rounding", {"method": "nearest"}),
         },
         "config": config.to_json(),
     }
@@ -227,7 +251,7 @@ def _guard(prep: Prepared, written: Any, outputs: list[Any], calib: CalibrationS
     info = prep.loaded.info
     parts = components(outputs, len(info.names), info.imgsz[0])
     images = list(islice(calib.images(info.imgsz), IMAGES))
-    report = check_artifact(prep.graph, written.buffer, written.layouts, parts, images, split=config.split, threads=config.threads)
+    report = check_artifact(prep.reference or prep.graph, written.buffer, written.layouts, parts, images, split=config.split, threads=config.threads)
     for c in report.warnings:
         log.warning("%s %s: %s. Fix: %s", c.name, c.status, c.reason, c.fix)
     return report.to_json()
@@ -295,8 +319,9 @@ def convert(
     out_path = Path(output) if output else default_output(model_path, config)
     prep = prepare(model_path, config)
     calib_set = calibration_set(calib, count=config.calib_count)
+    prep = round_weights(prep, calib_set, config)
     hists = calibrate(prep.graph, calib_set, prep.loaded.info.imgsz, config, progress)
     return export_artifact(prep, hists, calib_set, out_path, config)
 
 
-__all__ = ["convert", "prepare", "calibrate", "make_plan", "export_artifact", "ConversionResult", "EdgeqError"]
+__all__ = ["convert", "prepare", "round_weights", "calibrate", "make_plan", "export_artifact", "ConversionResult", "EdgeqError"]
