@@ -8,10 +8,15 @@ serves every variant built from the same graph, so the whole run fits in ~20 min
     python bench/accuracy.py                      # all models, dev + person sets
     python bench/accuracy.py --models yolov8n --sets dev --calib-count 100
     python bench/accuracy.py --attribute          # + where the smart drop comes from (~+6 min)
+    python bench/accuracy.py --ci                 # + 95% paired-bootstrap interval of each drop
 
 ``--attribute`` adds a row per model and set: the float graph with only the smart artifact's
 *output* rounding (:mod:`edgeq.eval.attribution`), so the smart drop splits into what the outputs'
 own int8 steps cost and what the int8 activations and weights inside the graph cost.
+
+``--ci`` bounds each smart drop by a paired bootstrap over the images (:mod:`edgeq.eval.bootstrap`):
+the interval of the drop that resampling the validation images gives, i.e. how much of it the
+choice of images alone explains.
 """
 from __future__ import annotations
 
@@ -41,6 +46,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="also write all rows as JSON")
     p.add_argument("--attribute", action="store_true",
                    help="also validate the float graph with only the smart artifact's output rounding")
+    p.add_argument("--ci", action="store_true",
+                   help="bound each smart drop by a 95%% paired bootstrap over the images (~+4 min)")
     return p.parse_args()
 
 
@@ -53,20 +60,28 @@ def _variants(int16_budget: float) -> list[tuple[str, dict]]:
     return variants
 
 
-def _validate(model_path: Path, data_dir: Path, source: Path | None = None) -> dict:
-    """mAP of an artifact or ONNX model (``source``: the float graph with only the artifact's output rounding)."""
+def _validate(model_path: Path, data_dir: Path, source: Path | None = None, keep: bool = False) -> tuple[dict, object]:
+    """mAP of an artifact or ONNX model (``source``: the float graph with only the artifact's output
+    rounding), and the ValidationResult (with per-image matches when ``keep``)."""
     from edgeq.eval import validate
     from edgeq.eval.attribution import output_rounding_model
     from edgeq.runtime import load
 
     model = load(model_path) if source is None else output_rounding_model(model_path, source)
     iou = 0.6 if model.meta.decoder_version == "yolov5" else 0.7  # each family's own `val` default
-    r = validate(model, data_dir / "instances.json", data_dir / "images", iou=iou, progress=False)
+    r = validate(model, data_dir / "instances.json", data_dir / "images", iou=iou, progress=False, keep_matches=keep)
     out = {}
     for t in ("bbox", "segm"):
         if t in r.metrics:
             out[t] = (r.metric("mAP50-95", t), r.metric("mAP50", t))
-    return out
+    return out, r
+
+
+def _intervals(ref: object, result: object) -> dict:
+    """iou type -> (low, high) of the paired-bootstrap 95 % interval of result - ref."""
+    from edgeq.eval import compare
+
+    return {t: (i.low, i.high) for t, i in compare(ref, result, ci=True).intervals.items()}  # type: ignore[arg-type]
 
 
 def _convert_variants(model: Path, calib: Path, count: int, int16_budget: float, out_dir: Path, console: Console) -> dict:
@@ -114,47 +129,57 @@ def main() -> int:
                 continue
             built = _convert_variants(model, a.shared / "coco-calib", a.calib_count, a.int16_budget, Path(tmp), console)
             for set_name, set_dir in sets.items():
-                ref = _validate(model, set_dir)
+                ref, ref_result = _validate(model, set_dir, keep=a.ci)
                 rows.append(dict(model=stem, variant="float", set=set_name, seconds=None, **{k: v for k, v in ref.items()}))
                 for name, (art, secs) in built.items():
                     row = dict(model=stem, variant=name, set=set_name, seconds=secs)
                     if isinstance(art, Path):
-                        row.update(_validate(art, set_dir))
+                        ci = a.ci and name != "combined"  # combined's drop is far beyond any interval
+                        found, result = _validate(art, set_dir, keep=ci)
+                        row.update(found)
                         row["drop"] = {t: ref[t][0] - row[t][0] for t in ref if t in row}
+                        if ci:
+                            row["ci"] = _intervals(ref_result, result)
                     else:
                         row["error"] = art
                     rows.append(row)
                     if a.attribute and name == "smart" and isinstance(art, Path):
                         row = dict(model=stem, variant="smart, outputs only", set=set_name, seconds=None)
-                        row.update(_validate(art, set_dir, source=model))
+                        row.update(_validate(art, set_dir, source=model)[0])
                         row["drop"] = {t: ref[t][0] - row[t][0] for t in ref if t in row}
                         rows.append(row)
                 console.print(f"  validated {stem} on {set_name}")
-    _print(rows, time.perf_counter() - t_start)
+    _print(rows, time.perf_counter() - t_start, a.ci)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1, default=str))
     return 0
 
 
-def _fmt(row: dict, t: str) -> tuple[str, str, str]:
+def _fmt(row: dict, t: str, ci: bool) -> tuple[str, ...]:
     if t not in row:
-        return "", "", ""
+        return ("", "", "", "") if ci else ("", "", "")
     m, m50 = row[t]
     drop = row.get("drop", {}).get(t)
-    return f"{m:.4f}", f"{m50:.4f}", "" if drop is None else f"{-drop:+.4f}"
+    cells = [f"{m:.4f}", f"{m50:.4f}", "" if drop is None else f"{-drop:+.4f}"]
+    if ci:
+        lo_hi = row.get("ci", {}).get(t)
+        cells.append("" if lo_hi is None else f"[{lo_hi[0]:+.4f}, {lo_hi[1]:+.4f}]")
+    return tuple(cells)
 
 
-def _print(rows: list[dict], total_s: float) -> None:
+def _print(rows: list[dict], total_s: float, ci: bool = False) -> None:
     t = Table(title=f"edgeq accuracy (COCO mAP, conf 0.001, iou 0.7; yolov5 0.6) — total {total_s / 60:.1f} min")
-    for col in ("model", "set", "variant", "box mAP50-95", "box mAP50", "box Δ", "mask mAP50-95", "mask mAP50", "mask Δ", "convert s"):
+    box = ["box mAP50-95", "box mAP50", "box Δ", *(["box Δ 95% CI"] if ci else [])]
+    mask = ["mask mAP50-95", "mask mAP50", "mask Δ", *(["mask Δ 95% CI"] if ci else [])]
+    for col in ("model", "set", "variant", *box, *mask, "convert s"):
         t.add_column(col, justify="right" if col not in ("model", "set", "variant") else "left")
     for r in rows:
         if "error" in r:
-            t.add_row(r["model"], r["set"], r["variant"], r["error"], *[""] * 6)
+            t.add_row(r["model"], r["set"], r["variant"], r["error"], *[""] * (len(box) + len(mask)))
             continue
         secs = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
-        t.add_row(r["model"], r["set"], r["variant"], *_fmt(r, "bbox"), *_fmt(r, "segm"), secs)
-    Console(width=160).print(t)
+        t.add_row(r["model"], r["set"], r["variant"], *_fmt(r, "bbox", ci), *_fmt(r, "segm", ci), secs)
+    Console(width=200).print(t)
 
 
 if __name__ == "__main__":

@@ -58,16 +58,18 @@ def validate_models(
     max_images: int | None = None,
     threads: int | None = None,
     progress: bool = True,
+    ci: bool = False,
 ):
     """Validate one model (and optionally a second on the same images); print and report.
 
     Returns the ValidationResult of ``model``, or a Comparison (compare model -> model) when
-    ``compare`` is given.
+    ``compare`` is given; ``ci`` adds the delta's 95 % paired-bootstrap interval over the images.
     """
     from edgeq import eval as ev
     from edgeq.runtime import load
 
-    kwargs = dict(conf=conf, iou=iou, max_det=max_det, max_images=max_images, progress=progress)
+    kwargs = dict(conf=conf, iou=iou, max_det=max_det, max_images=max_images, progress=progress,
+                  keep_matches=ci and compare is not None)
     result = ev.validate(load(model, threads=threads), data, images, save_json=save_json, **kwargs)
     if compare is None:
         ev.print_result(result, top_classes=5)
@@ -75,7 +77,7 @@ def validate_models(
             ev.write_report(result, report)
         return result
     other = ev.validate(load(compare, threads=threads), data, images, **kwargs)
-    cmp = ev.compare(other, result)
+    cmp = ev.compare(other, result, ci=ci)
     ev.print_comparison(cmp)
     if report:
         ev.write_report(cmp, report)

@@ -321,6 +321,7 @@ def validate(
     class_map: Mapping[int, int] | None = None,
     backend: Backend = "auto",
     name: str | None = None,
+    keep_matches: bool = False,
 ) -> ValidationResult:
     """COCO-evaluate ``predictor`` on the images of a COCO instances json.
 
@@ -336,6 +337,8 @@ def validate(
         class_map: explicit class index -> category id, when names and counts cannot tell.
         backend: COCOeval implementation; ``auto`` prefers faster-coco-eval.
         name: model name for reports (default: from the predictor).
+        keep_matches: also keep the per-image matching (``result.matches``), so that
+            ``compare(a, b, ci=True)`` can bound the delta by a paired bootstrap over the images.
 
     Returns:
         bbox (and, for segmentation models, segm) metrics, per-class AP, counts and timings.
@@ -358,6 +361,11 @@ def validate(
     image_ids = [int(r["id"]) for r in records]
     iou_types = ("bbox", "segm") if segment else ("bbox",)
     metrics, per_class, backend_name = evaluate_coco(gt, results, image_ids, iou_types, backend)
+    matches = {}
+    if keep_matches:
+        from edgeq.eval.bootstrap import match_table
+
+        matches = {t: match_table(gt, results, image_ids, t) for t in iou_types}
     settings = {
         **{k: v for k, v in predict_kwargs.items() if k != "masks"},
         "max_images": max_images,
@@ -377,4 +385,5 @@ def validate(
         per_class=per_class,
         settings=settings,
         timings_ms=timings.means(),
+        matches=matches,
     )

@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from edgeq.eval.bootstrap import DeltaInterval, paired_bootstrap
 from edgeq.eval.result import HEADLINE_KEYS, ValidationResult
 
 # Settings that change the numbers; a comparison across different values is flagged.
@@ -64,6 +65,8 @@ class Comparison:
         metrics: every metric both results have, per iou type.
         per_class: per-category mAP50-95 of both, per iou type.
         warnings: why the numbers may not be comparable (other dataset, images or settings).
+        intervals: iou type -> 95 % paired-bootstrap interval of the mAP50-95 delta (when
+            compared with ``ci=True``): the spread the choice of images alone causes.
     """
 
     a: ValidationResult
@@ -71,6 +74,7 @@ class Comparison:
     metrics: list[MetricDelta]
     per_class: list[ClassDelta]
     warnings: list[str] = field(default_factory=list)
+    intervals: dict[str, DeltaInterval] = field(default_factory=dict)
 
     def delta(self, metric: str = "mAP50-95", iou_type: str = "bbox") -> float | None:
         """b - a for one metric (None if either lacks it)."""
@@ -90,6 +94,7 @@ class Comparison:
             "warnings": list(self.warnings),
             "metrics": [row(m) for m in self.metrics],
             "per_class": [row(c) for c in self.per_class],
+            "intervals": {t: i.to_json() for t, i in self.intervals.items()},
             "timings_ms": {"a": self.a.timings_ms, "b": self.b.timings_ms},
         }
 
@@ -106,8 +111,15 @@ def _warnings(a: ValidationResult, b: ValidationResult) -> list[str]:
     return out
 
 
-def compare(a: ValidationResult, b: ValidationResult) -> Comparison:
-    """Compare ``b`` against baseline ``a`` on the iou types and categories both evaluated."""
+def compare(a: ValidationResult, b: ValidationResult, ci: bool = False) -> Comparison:
+    """Compare ``b`` against baseline ``a`` on the iou types and categories both evaluated.
+
+    ``ci``: bound each mAP50-95 delta by a paired bootstrap over the images (both results need
+    ``keep_matches=True`` and the same images; ~10-25 s per iou type on 1000 resamples).
+
+    Raises:
+        ValueError: ``ci`` without the matches or images it needs.
+    """
     metrics = [
         MetricDelta(t, k, a.metrics[t].get(k), b.metrics[t].get(k))
         for t in a.metrics
@@ -118,7 +130,22 @@ def compare(a: ValidationResult, b: ValidationResult) -> Comparison:
     for t in a.per_class:
         b_ap = {c.category_id: c.ap50_95 for c in b.per_class.get(t, [])}
         per_class += [ClassDelta(t, c.name, c.category_id, c.instances, c.ap50_95, b_ap.get(c.category_id)) for c in a.per_class[t]]
-    return Comparison(a, b, metrics, per_class, _warnings(a, b))
+    intervals = {}
+    if ci:
+        missing = [r.model for r in (a, b) if not r.matches]
+        if missing:
+            raise ValueError(f"no per-image matches kept for {missing}: validate with keep_matches=True")
+        intervals = {t: paired_bootstrap(a.matches[t], b.matches[t]) for t in a.matches if t in b.matches}
+    return Comparison(a, b, metrics, per_class, _warnings(a, b), intervals)
+
+
+def _interval_note(cmp: Comparison) -> str:
+    """One line per iou type: the delta in points with its 95 % interval, in plain words."""
+    parts = []
+    for t, i in cmp.intervals.items():
+        verdict = "within what the choice of images explains" if i.low <= 0.0 <= i.high else "beyond it"
+        parts.append(f"{t} mAP50-95 Δ {i} points (95 % paired bootstrap over images, {i.iterations} resamples): {verdict}")
+    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------- formatting
@@ -177,8 +204,10 @@ def comparison_table(cmp: Comparison, top_classes: int = 5) -> Table:
         table.add_row("ms/img", f"{ta:.1f}", f"{tb:.1f}", f"{tb - ta:+.1f}")
     for c in cmp.largest_drops(top_classes):
         table.add_row(f"  bbox AP {c.name} ({c.instances})", _f(c.a), _f(c.b), _styled_delta(c.delta))
-    if cmp.warnings:
-        table.caption = "[yellow]not like for like: " + "; ".join(cmp.warnings) + "[/]"
+    captions = ([_interval_note(cmp)] if cmp.intervals else []) + (
+        ["[yellow]not like for like: " + "; ".join(cmp.warnings) + "[/]"] if cmp.warnings else [])
+    if captions:
+        table.caption = "\n".join(captions)
     return table
 
 
@@ -234,6 +263,8 @@ def comparison_markdown(cmp: Comparison) -> str:
     ta, tb = cmp.a.timings_ms.get("total"), cmp.b.timings_ms.get("total")
     if ta is not None and tb is not None:
         lines.append(f"| ms/img | {ta:.1f} | {tb:.1f} | {tb - ta:+.1f} |")
+    if cmp.intervals:
+        lines += ["", _interval_note(cmp)]
     rows = [[f"{c.iou_type} {c.name}", str(c.instances), _f(c.a), _f(c.b), _d(c.delta)] for c in cmp.per_class]
     lines += ["", "### Per-class AP50-95", "", *_md_table(["class", "instances", a, b, "Δ"], rows)]
     return "\n".join(lines) + "\n"

@@ -52,6 +52,9 @@ class ValidationResult:
         settings: the prediction and evaluation settings (conf, iou, ..., label mapping, backend).
         timings_ms: mean milliseconds per image: the predictor's own stages (preprocess,
             inference, decode, when it reports them) and ``total`` (the whole predict call).
+        matches: iou type -> per-image COCO matching (:class:`edgeq.eval.bootstrap.MatchTable`),
+            kept when ``validate(..., keep_matches=True)``, for bootstrap intervals of a
+            comparison. Not serialised.
     """
 
     model: str
@@ -65,6 +68,7 @@ class ValidationResult:
     per_class: dict[str, list[ClassAP]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    matches: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def iou_types(self) -> list[str]:
@@ -77,7 +81,13 @@ class ValidationResult:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (``json.dumps(result.to_json())``)."""
-        return asdict(self)
+        matches, self.matches = self.matches, {}
+        try:
+            d = asdict(self)
+        finally:
+            self.matches = matches
+        d.pop("matches")
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "ValidationResult":
