@@ -116,16 +116,16 @@ def _hessians(model: onnx.ModelProto, convs: Sequence[_Conv], images: Sequence[n
     """``sum(x x^T)`` of each conv's input patches, one pass over ``images`` per memory group."""
     out: dict[str, np.ndarray] = {}
     for group in _groups(convs):
-        names = list(dict.fromkeys(c.node.input[0] for c in group))
-        session = make_session(expose_all(model, names), threads)
+        inputs = {i.name for i in model.graph.input}
+        computed = [n for n in dict.fromkeys(c.node.input[0] for c in group) if n not in inputs]
+        session = make_session(expose_all(model, computed), threads)
         input_name = session.get_inputs()[0].name
-        computed = [n for n in names if n != input_name]
         run = BoundRunner(session, computed)
         rng = np.random.default_rng(0)
         acc = {c.node.output[0]: np.zeros((c.inputs, c.inputs)) for c in group}
         for rgb in images:
             x = to_nchw_float(rgb)
-            values = {input_name: x, **run(input_name, x)}
+            values = {input_name: x, **(run(input_name, x) if computed else {})}
             for c in group:
                 p = patches(values[c.node.input[0]], c, POSITIONS, rng)
                 acc[c.node.output[0]] += p.T @ p
