@@ -131,3 +131,24 @@ def test_cli_ci_needs_compare():
 
     result = CliRunner().invoke(app, ["validate", "m.tflite", "--data", "d.json", "--ci"])
     assert result.exit_code == 2 and "--compare" in result.output
+
+
+def test_segm_matches_after_an_earlier_evaluation(case):
+    """Masks too, on ground truth that an earlier evaluation already touched (RLE bytes in it)."""
+    from edgeq.eval.coco import encode_masks, evaluate_coco
+
+    data, good, _ = case
+    data = json.loads(json.dumps(data))
+    for a in data["annotations"]:
+        x, y, w, h = a["bbox"]
+        a["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+    results = []
+    for d in good:
+        m = np.zeros((1, 640, 640), bool)
+        x, y, w, h = (int(round(v)) for v in d["bbox"])
+        m[0, max(y, 0): max(y + h, 0), max(x, 0): max(x + w, 0)] = True
+        results.append({**d, "segmentation": encode_masks(m)[0]})
+    ids = [im["id"] for im in data["images"]]
+    metrics, _, _ = evaluate_coco(data, results, ids, ("bbox", "segm"))
+    table = match_table(data, results, ids, "segm")
+    assert average_precision(table) == pytest.approx(metrics["segm"]["mAP50-95"], abs=1e-9)

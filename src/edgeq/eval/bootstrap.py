@@ -17,8 +17,8 @@ COCOeval's mAP50-95 exactly.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,9 +73,9 @@ def match_table(gt_data: Mapping[str, Any], results: Sequence[Mapping[str, Any]]
     ids = [int(i) for i in image_ids]
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
-        gt.dataset = json.loads(json.dumps(gt_data))
+        gt.dataset = copy.deepcopy(dict(gt_data))  # COCO adds fields (and an earlier eval may have left RLE bytes)
         gt.createIndex()
-        dt = gt.loadRes(json.loads(json.dumps(list(results)))) if results else None
+        dt = gt.loadRes(copy.deepcopy(list(results))) if results else None
         if dt is None:
             return MatchTable(iou_type, tuple(ids), ())
         ev = COCOeval(gt, dt, iou_type)
