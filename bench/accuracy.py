@@ -7,12 +7,14 @@ serves every variant built from the same graph, so the whole run fits in ~20 min
 
     python bench/accuracy.py                      # all models, dev + person sets
     python bench/accuracy.py --models yolov8n --sets dev --calib-count 100
-    python bench/accuracy.py --attribute          # + where the smart drop comes from (~+6 min)
+    python bench/accuracy.py --attribute          # + where the smart drop comes from (~+12 min)
     python bench/accuracy.py --ci                 # + 95% paired-bootstrap interval of each drop
 
-``--attribute`` adds a row per model and set: the float graph with only the smart artifact's
-*output* rounding (:mod:`edgeq.eval.attribution`), so the smart drop splits into what the outputs'
-own int8 steps cost and what the int8 activations and weights inside the graph cost.
+``--attribute`` adds rows per model and set (:mod:`edgeq.eval.attribution`): the float graph with
+only the smart artifact's *output* rounding, so the smart drop splits into what the outputs' own
+int8 steps cost and what the int8 activations and weights inside the graph cost; then, per head
+branch (boxes, scores, objectness, mask_coefs, protos), the artifact with that branch's outputs
+taken from the float graph, so the drop splits by branch.
 
 ``--ci`` bounds each smart drop by a paired bootstrap over the images (:mod:`edgeq.eval.bootstrap`):
 the interval of the drop that resampling the validation images gives, i.e. how much of it the
@@ -60,14 +62,23 @@ def _variants(int16_budget: float) -> list[tuple[str, dict]]:
     return variants
 
 
-def _validate(model_path: Path, data_dir: Path, source: Path | None = None, keep: bool = False) -> tuple[dict, object]:
-    """mAP of an artifact or ONNX model (``source``: the float graph with only the artifact's output
-    rounding), and the ValidationResult (with per-image matches when ``keep``)."""
+def _validate(model_path: Path, data_dir: Path, source: Path | None = None, keep: bool = False,
+              float_kind: str | None = None) -> tuple[dict, object]:
+    """mAP of an artifact or ONNX model, and the ValidationResult (with per-image matches when ``keep``).
+
+    With ``source`` (the float ONNX): the float graph with only the artifact's output rounding, or,
+    with ``float_kind``, the artifact with that kind of output taken from the float graph.
+    """
     from edgeq.eval import validate
-    from edgeq.eval.attribution import output_rounding_model
+    from edgeq.eval.attribution import float_outputs_model, output_rounding_model
     from edgeq.runtime import load
 
-    model = load(model_path) if source is None else output_rounding_model(model_path, source)
+    if source is None:
+        model = load(model_path)
+    elif float_kind is None:
+        model = output_rounding_model(model_path, source)
+    else:
+        model = float_outputs_model(model_path, source, float_kind)
     iou = 0.6 if model.meta.decoder_version == "yolov5" else 0.7  # each family's own `val` default
     r = validate(model, data_dir / "instances.json", data_dir / "images", iou=iou, progress=False, keep_matches=keep)
     out = {}
@@ -148,11 +159,26 @@ def main() -> int:
                         row.update(_validate(art, set_dir, source=model)[0])
                         row["drop"] = {t: ref[t][0] - row[t][0] for t in ref if t in row}
                         rows.append(row)
+                        rows += _branch_rows(stem, set_name, art, set_dir, model, ref)
                 console.print(f"  validated {stem} on {set_name}")
     _print(rows, time.perf_counter() - t_start, a.ci)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1, default=str))
     return 0
+
+
+def _branch_rows(stem: str, set_name: str, art: Path, set_dir: Path, model: Path, ref: dict) -> list[dict]:
+    """One row per head branch: the smart artifact with that branch's outputs from the float graph."""
+    from edgeq.eval.attribution import output_kinds
+    from edgeq.runtime import load
+
+    rows = []
+    for kind in output_kinds(load(art)):
+        row = dict(model=stem, variant=f"smart, float {kind}", set=set_name, seconds=None)
+        row.update(_validate(art, set_dir, source=model, float_kind=kind)[0])
+        row["drop"] = {t: ref[t][0] - row[t][0] for t in ref if t in row}
+        rows.append(row)
+    return rows
 
 
 def _fmt(row: dict, t: str, ci: bool) -> tuple[str, ...]:

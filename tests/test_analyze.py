@@ -231,3 +231,31 @@ def test_output_rounding_model_rounds_the_float_graph_like_the_artifact(artifact
         # near the artifact's own values: only the inner int8 noise differs (about 20 dB)
         assert np.mean((got[d.name] - real) ** 2) < 0.1 * np.var(real), d.name
     assert [int(c) for c in mixed.predict(image, conf=0.5).class_ids[:1]] == [int(c) for c in art.predict(image, conf=0.5).class_ids[:1]]
+
+
+def test_float_outputs_model_swaps_one_branch_for_float(artifact):
+    """Scores from the float graph (off the int8 grid), boxes exactly the artifact's own values."""
+    import cv2
+
+    from edgeq.errors import ArtifactError
+    from edgeq.calib.ranges import LOGIT_FLOOR
+    from edgeq.eval.attribution import float_outputs_model, output_kinds
+    from edgeq.runtime import load
+
+    art = load(artifact)
+    assert output_kinds(art) == ["boxes", "scores"]
+    source = shared_path("models", "yolov8n.onnx")
+    swapped = float_outputs_model(artifact, source, "scores")
+    x, _ = art.preprocess(cv2.imread(str(shared_path("coco-val-dev", "images", "000000000139.jpg"))))
+    got, codes = swapped.run(x), art.run(x)
+    for d in art.backend.outputs:
+        real = (codes[d.name].astype(np.float32) - float(d.quant.zero_point)) * float(d.quant.scale)
+        if d.name.startswith("boxes"):
+            np.testing.assert_array_equal(got[d.name], real)
+        else:
+            q = got[d.name] / float(d.quant.scale) + float(d.quant.zero_point)
+            assert np.mean(np.abs(q - np.round(q))) > 0.1, "float values, not int8 codes"
+            above = real > LOGIT_FLOOR + 1  # the artifact's score logits are floored, the float ones are not
+            assert np.mean((got[d.name][above] - real[above]) ** 2) < 0.1 * np.var(real[above]), d.name
+    with pytest.raises(ArtifactError, match="objectness"):
+        float_outputs_model(artifact, source, "objectness")
