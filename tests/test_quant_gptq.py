@@ -42,7 +42,7 @@ def test_patches_reproduce_the_conv():
     m = make_model([node], {"x": [1, 3, 9, 8]}, ["y"], {"w": w})
     x = rng.normal(size=(1, 3, 9, 8)).astype(np.float32)
     y = run_onnx(m, {"x": x})["y"]
-    p = patches(x, _Conv(node, w, (2, 2), (1, 0, 1, 1)), 10_000, rng).astype(np.float64)
+    p = patches(x, _Conv(node, w, (2, 2), (1, 0, 1, 1), np.ones(4, np.float32)), 10_000, rng).astype(np.float64)
     assert len(p) == y.shape[2] * y.shape[3]
     wf = w.reshape(4, -1).astype(np.float64)
     np.testing.assert_allclose(np.diag(wf @ (p.T @ p) @ wf.T), (y.astype(np.float64) ** 2).sum(axis=(0, 2, 3)), rtol=1e-4)

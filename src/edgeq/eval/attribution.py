@@ -31,6 +31,11 @@ from edgeq.quant.plan import QRANGE, QParams
 from edgeq.runtime.artifact import Model, load
 
 
+def _qparams(q: Quant, dtype: str) -> QParams:
+    """The artifact's quantization of one output as :class:`QParams` (per-axis when it has several scales)."""
+    return QParams(q.scale, q.zero_point, dtype, q.axis if np.size(q.scale) > 1 else None)  # type: ignore[arg-type]
+
+
 class OutputRoundingBackend:
     """The float cut graph, each output rounded to the artifact's output quantization.
 
@@ -77,7 +82,7 @@ class OutputRoundingBackend:
             return np.ascontiguousarray(v)
         if dtype not in QRANGE:
             raise ArtifactError(f"output {desc.name!r} has dtype {dtype}, which this attribution cannot round")
-        p = QParams(q.scale, q.zero_point, dtype, q.axis if np.size(q.scale) > 1 else None)  # type: ignore[arg-type]
+        p = _qparams(q, dtype)
         return np.ascontiguousarray(p.dequantize(p.quantize(v)))
 
 
@@ -100,8 +105,7 @@ class FloatOutputsBackend:
             if use_float or quant is None:
                 out.append(f if use_float else np.asarray(q, np.float32))
                 continue
-            p = QParams(quant.scale, quant.zero_point, dtype, quant.axis if np.size(quant.scale) > 1 else None)  # type: ignore[arg-type]
-            out.append(np.ascontiguousarray(p.dequantize(q), dtype=np.float32))
+            out.append(np.ascontiguousarray(_qparams(quant, dtype).dequantize(q), dtype=np.float32))
         return out
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +81,7 @@ class ValidationResult:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (``json.dumps(result.to_json())``)."""
-        matches, self.matches = self.matches, {}
-        try:
-            d = asdict(self)
-        finally:
-            self.matches = matches
+        d = asdict(replace(self, matches={}))  # matches hold arrays: never serialised
         d.pop("matches")
         return d
 

@@ -65,15 +65,15 @@ class _Conv:
     weight: np.ndarray  # OIHW float32
     strides: tuple[int, int]
     pads: tuple[int, int, int, int]  # top, left, bottom, right
+    scale: np.ndarray  # per output channel: the planner's symmetric int8 grid
 
     @property
     def inputs(self) -> int:
         return int(np.prod(self.weight.shape[1:]))
 
 
-def _on_grid(w: np.ndarray) -> bool:
-    p = symmetric_weight_params(w, 0)
-    codes = w / np.asarray(p.scale).reshape(-1, 1, 1, 1)
+def _on_grid(w: np.ndarray, scale: np.ndarray) -> bool:
+    codes = w / scale.reshape(-1, 1, 1, 1)
     return bool(np.all(np.abs(codes - np.round(codes)) <= ON_GRID_TOLERANCE))
 
 
@@ -90,11 +90,12 @@ def _roundable(model: onnx.ModelProto) -> tuple[list[_Conv], int]:
             continue
         if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             continue
-        if _on_grid(w):
+        scale = np.asarray(symmetric_weight_params(w, 0).scale, np.float32)
+        if _on_grid(w, scale):
             on_grid += 1
             continue
         pads = tuple(a.get("pads", [0, 0, 0, 0]))
-        convs.append(_Conv(node, w, tuple(a.get("strides", [1, 1])), (pads[0], pads[1], pads[2], pads[3])))
+        convs.append(_Conv(node, w, tuple(a.get("strides", [1, 1])), (pads[0], pads[1], pads[2], pads[3]), scale))
     return convs, on_grid
 
 
@@ -196,13 +197,12 @@ def gptq_round(model: onnx.ModelProto, images: Iterable[np.ndarray], threads: in
     inits = {t.name: t for t in out.graph.initializer}
     ratios = {}
     for c in convs:
-        w = c.weight.reshape(len(c.weight), -1)
-        scale = np.asarray(symmetric_weight_params(c.weight, 0).scale, np.float32)
+        w, step = c.weight.reshape(len(c.weight), -1), c.scale[:, None].astype(np.float64)
         h = hs.pop(c.node.output[0])
-        q = gptq_codes(w, h, scale) * scale[:, None].astype(np.float64)
-        nearest = np.clip(np.round(w / scale[:, None]), -127, 127) * scale[:, None]
+        q = gptq_codes(w, h, c.scale) * step
+        nearest = np.clip(np.round(w / step), -127, 127) * step
         ratios[c.node.name or c.node.output[0]] = output_error(w, q, h) / max(output_error(w, nearest, h), 1e-30)
-        rounded = (q.astype(np.float32)).reshape(c.weight.shape)
+        rounded = q.astype(np.float32).reshape(c.weight.shape)
         inits[c.node.input[1]].CopyFrom(numpy_helper.from_array(rounded, c.node.input[1]))
     record.update(convs=len(convs), images=len(imgs), positions=POSITIONS,
                   median_error_ratio=round(float(np.median(list(ratios.values()))), 4))
