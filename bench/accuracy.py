@@ -18,7 +18,9 @@ taken from the float graph, so the drop splits by branch.
 
 ``--ci`` bounds each smart drop by a paired bootstrap over the images (:mod:`edgeq.eval.bootstrap`):
 the interval of the drop that resampling the validation images gives, i.e. how much of it the
-choice of images alone explains.
+choice of images alone explains. The float row's interval column then shows the set's resolution
+floor (:mod:`edgeq.eval.floor`): the lowest and highest mAP delta of the float model's own
+detections jittered by one part in a thousand; drops inside it are flips of near-tied detections.
 """
 from __future__ import annotations
 
@@ -49,7 +51,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--attribute", action="store_true",
                    help="also validate the float graph with only the smart artifact's output rounding")
     p.add_argument("--ci", action="store_true",
-                   help="bound each smart drop by a 95%% paired bootstrap over the images (~+4 min)")
+                   help="bound each smart drop by a 95%% paired bootstrap over the images, and show each set's "
+                        "resolution floor on the float row (~+4 min)")
     return p.parse_args()
 
 
@@ -93,6 +96,14 @@ def _intervals(ref: object, result: object) -> dict:
     from edgeq.eval import compare
 
     return {t: (i.low, i.high) for t, i in compare(ref, result, ci=True).intervals.items()}  # type: ignore[arg-type]
+
+
+def _floor(ref: object) -> dict:
+    """iou type -> (lowest, highest) mAP delta of the float detections jittered imperceptibly."""
+    from edgeq.eval.floor import perturbation_floor
+
+    f = perturbation_floor(ref)  # type: ignore[arg-type]
+    return {t: (min(d), max(d)) for t, d in f.deltas.items()}
 
 
 def _convert_variants(model: Path, calib: Path, count: int, int16_budget: float, out_dir: Path, console: Console) -> dict:
@@ -142,6 +153,8 @@ def main() -> int:
             for set_name, set_dir in sets.items():
                 ref, ref_result = _validate(model, set_dir, keep=a.ci)
                 rows.append(dict(model=stem, variant="float", set=set_name, seconds=None, **{k: v for k, v in ref.items()}))
+                if a.ci:
+                    rows[-1]["floor"] = _floor(ref_result)
                 for name, (art, secs) in built.items():
                     row = dict(model=stem, variant=name, set=set_name, seconds=secs)
                     if isinstance(art, Path):
@@ -189,7 +202,8 @@ def _fmt(row: dict, t: str, ci: bool) -> tuple[str, ...]:
     cells = [f"{m:.4f}", f"{m50:.4f}", "" if drop is None else f"{-drop:+.4f}"]
     if ci:
         lo_hi = row.get("ci", {}).get(t)
-        cells.append("" if lo_hi is None else f"[{lo_hi[0]:+.4f}, {lo_hi[1]:+.4f}]")
+        floor = row.get("floor", {}).get(t)
+        cells.append(f"floor {floor[0]:+.4f} .. {floor[1]:+.4f}" if floor else "" if lo_hi is None else f"[{lo_hi[0]:+.4f}, {lo_hi[1]:+.4f}]")
     return tuple(cells)
 
 

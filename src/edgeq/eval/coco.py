@@ -337,8 +337,10 @@ def validate(
         class_map: explicit class index -> category id, when names and counts cannot tell.
         backend: COCOeval implementation; ``auto`` prefers faster-coco-eval.
         name: model name for reports (default: from the predictor).
-        keep_matches: also keep the per-image matching (``result.matches``), so that
-            ``compare(a, b, ci=True)`` can bound the delta by a paired bootstrap over the images.
+        keep_matches: also keep the per-image matching (``result.matches``) and the detections
+            (``result.coco_results``), so that ``compare(a, b, ci=True)`` can bound the delta by
+            a paired bootstrap over the images and :func:`edgeq.eval.floor.perturbation_floor`
+            can measure the set's resolution.
 
     Returns:
         bbox (and, for segmentation models, segm) metrics, per-class AP, counts and timings.
@@ -386,4 +388,5 @@ def validate(
         settings=settings,
         timings_ms=timings.means(),
         matches=matches,
+        coco_results=results if keep_matches else [],
     )

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeq.eval.bootstrap import DeltaInterval, paired_bootstrap
+from edgeq.eval.floor import PerturbationFloor, floor_note, perturbation_floor
 from edgeq.eval.result import HEADLINE_KEYS, ValidationResult
 
 # Settings that change the numbers; a comparison across different values is flagged.
@@ -67,6 +68,8 @@ class Comparison:
         warnings: why the numbers may not be comparable (other dataset, images or settings).
         intervals: iou type -> 95 % paired-bootstrap interval of the mAP50-95 delta (when
             compared with ``ci=True``): the spread the choice of images alone causes.
+        floor: with ``ci=True``, the set's resolution: how far ``a``'s own mAP moves when its
+            detections are jittered imperceptibly (:mod:`edgeq.eval.floor`).
     """
 
     a: ValidationResult
@@ -75,6 +78,7 @@ class Comparison:
     per_class: list[ClassDelta]
     warnings: list[str] = field(default_factory=list)
     intervals: dict[str, DeltaInterval] = field(default_factory=dict)
+    floor: PerturbationFloor | None = None
 
     def delta(self, metric: str = "mAP50-95", iou_type: str = "bbox") -> float | None:
         """b - a for one metric (None if either lacks it)."""
@@ -95,6 +99,7 @@ class Comparison:
             "metrics": [row(m) for m in self.metrics],
             "per_class": [row(c) for c in self.per_class],
             "intervals": {t: i.to_json() for t, i in self.intervals.items()},
+            "floor": self.floor.to_json() if self.floor else None,
             "timings_ms": {"a": self.a.timings_ms, "b": self.b.timings_ms},
         }
 
@@ -115,7 +120,8 @@ def compare(a: ValidationResult, b: ValidationResult, ci: bool = False) -> Compa
     """Compare ``b`` against baseline ``a`` on the iou types and categories both evaluated.
 
     ``ci``: bound each mAP50-95 delta by a paired bootstrap over the images (both results need
-    ``keep_matches=True`` and the same images; ~10-25 s per iou type on 1000 resamples).
+    ``keep_matches=True`` and the same images; ~10-25 s per iou type on 1000 resamples), and
+    measure the set's resolution by jittering ``a``'s detections (a few seconds).
 
     Raises:
         ValueError: ``ci`` without the matches or images it needs.
@@ -136,7 +142,8 @@ def compare(a: ValidationResult, b: ValidationResult, ci: bool = False) -> Compa
         if missing:
             raise ValueError(f"no per-image matches kept for {missing}: validate with keep_matches=True")
         intervals = {t: paired_bootstrap(a.matches[t], b.matches[t]) for t in a.matches if t in b.matches}
-    return Comparison(a, b, metrics, per_class, _warnings(a, b), intervals)
+    floor = perturbation_floor(a) if ci and a.coco_results else None
+    return Comparison(a, b, metrics, per_class, _warnings(a, b), intervals, floor)
 
 
 def _interval_note(cmp: Comparison) -> str:
@@ -145,7 +152,9 @@ def _interval_note(cmp: Comparison) -> str:
     for t, i in cmp.intervals.items():
         verdict = "within what the choice of images explains" if i.low <= 0.0 <= i.high else "beyond it"
         parts.append(f"{t} mAP50-95 Δ {i} points (95 % paired bootstrap over images, {i.iterations} resamples): {verdict}")
-    return "; ".join(parts)
+    if cmp.floor is not None:
+        parts.append(floor_note(cmp.floor, {t: cmp.delta("mAP50-95", t) for t in cmp.floor.deltas}))
+    return "\n".join(parts)
 
 
 # ---------------------------------------------------------------- formatting

@@ -55,6 +55,8 @@ class ValidationResult:
         matches: iou type -> per-image COCO matching (:class:`edgeq.eval.bootstrap.MatchTable`),
             kept when ``validate(..., keep_matches=True)``, for bootstrap intervals of a
             comparison. Not serialised.
+        coco_results: the detections in COCO results format, kept with ``matches`` (for
+            :func:`edgeq.eval.floor.perturbation_floor`). Not serialised.
     """
 
     model: str
@@ -69,6 +71,7 @@ class ValidationResult:
     settings: dict[str, Any] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
     matches: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    coco_results: list[dict[str, Any]] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def iou_types(self) -> list[str]:
@@ -81,8 +84,9 @@ class ValidationResult:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (``json.dumps(result.to_json())``)."""
-        d = asdict(replace(self, matches={}))  # matches hold arrays: never serialised
+        d = asdict(replace(self, matches={}, coco_results=[]))  # large, and arrays: never serialised
         d.pop("matches")
+        d.pop("coco_results")
         return d
 
     @classmethod
