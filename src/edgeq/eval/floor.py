@@ -103,8 +103,8 @@ def perturbation_floor(result: ValidationResult, runs: int = RUNS, jitter: float
     for k in range(runs):
         jittered = jitter_detections(result.coco_results, np.random.default_rng(seed + k), jitter)
         metrics, _, _ = evaluate_coco(gt, jittered, image_ids, list(deltas), backend)
-        for t in deltas:
-            deltas[t].append(float((metrics[t]["mAP50-95"] or 0.0) - (result.metric("mAP50-95", t) or 0.0)))
+        for t, runs_of_t in deltas.items():
+            runs_of_t.append(float((metrics[t]["mAP50-95"] or 0.0) - (result.metric("mAP50-95", t) or 0.0)))
     return PerturbationFloor(result.model, jitter, deltas)
 
 
@@ -122,4 +122,4 @@ def floor_note(floor: PerturbationFloor, deltas: Mapping[str, float | None] | No
             f"moves mAP50-95 by {'; '.join(parts)} (points, {runs} runs)")
 
 
-__all__ = ["JITTER", "RUNS", "PerturbationFloor", "jitter_detections", "perturbation_floor", "floor_note"]
+__all__ = ["JITTER", "RUNS", "PerturbationFloor", "floor_note", "jitter_detections", "perturbation_floor"]
