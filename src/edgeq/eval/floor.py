@@ -11,8 +11,8 @@ indistinguishable from its baseline on this set.
 
 This complements :mod:`edgeq.eval.bootstrap`, which resamples the *images* with the detections
 fixed and so cannot see the flips. On coco-val-dev (69 images) YOLOv8n's float detections
-jittered this way moved box mAP50-95 by -0.57 to +0.06 points over eight runs (one near-tie
-alone is worth -0.35); int16 activations everywhere, 45-60 dB from float at the outputs, measured
+jittered this way moved box mAP50-95 by -0.37 to +0.05 points over eight runs (with only the
+scores jittered, six of eight runs read -0.35: a single near-tie); int16 activations everywhere, 45-60 dB from float at the outputs, measured
 -0.52 there and -0.05 on the 443-image person set.
 
 The jitter works on the detections kept by ``validate(..., keep_matches=True)``: no model runs
