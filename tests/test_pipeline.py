@@ -110,11 +110,17 @@ def test_accuracy_smoke_map_on_dev_subset(smart_det, val_dev):
     from edgeq.eval import validate
     from edgeq.runtime import load
 
-    kw = dict(max_images=12, progress=False)
+    from edgeq.eval.report import compare
+
+    kw = dict(max_images=12, progress=False, keep_matches=True)
     fq = validate(load(smart_det.path), val_dev / "instances.json", val_dev / "images", **kw)
     ff = validate(load(shared_path("models", "yolov8n.onnx")), val_dev / "instances.json", val_dev / "images", **kw)
     drop = ff.metric("mAP50-95", "bbox") - fq.metric("mAP50-95", "bbox")
     assert drop < 0.05, f"INT8 lost {drop:.3f} mAP50-95 on 12 images (8 calibration images)"
+    cmp = compare(ff, fq, ci=True)  # the interval and the resolution floor on real detections
+    interval = cmp.intervals["bbox"]
+    assert interval.low <= -drop <= interval.high
+    assert cmp.floor is not None and len(cmp.floor.deltas["bbox"]) == 8 and cmp.floor.bound() < 0.03
 
 
 def test_unknown_head_fails_clearly_without_output(tmp_path):
