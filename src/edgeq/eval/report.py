@@ -217,6 +217,7 @@ def comparison_table(cmp: Comparison, top_classes: int = 5) -> Table:
         ["[yellow]not like for like: " + "; ".join(cmp.warnings) + "[/]"] if cmp.warnings else [])
     if captions:
         table.caption = "\n".join(captions)
+        table.caption_justify = "left"
     return table
 
 
