@@ -93,9 +93,14 @@ def _validate(model_path: Path, data_dir: Path, source: Path | None = None, keep
 
 def _intervals(ref: object, result: object) -> dict:
     """iou type -> (low, high) of the paired-bootstrap 95 % interval of result - ref."""
-    from edgeq.eval import compare
+    from edgeq.eval.bootstrap import paired_bootstrap
 
-    return {t: (i.low, i.high) for t, i in compare(ref, result, ci=True).intervals.items()}  # type: ignore[arg-type]
+    a, b = ref.matches, result.matches  # type: ignore[attr-defined]
+    out = {}
+    for t in a.keys() & b.keys():
+        i = paired_bootstrap(a[t], b[t])
+        out[t] = (i.low, i.high)
+    return out
 
 
 def _floor(ref: object) -> dict:
@@ -161,7 +166,7 @@ def main() -> int:
                         ci = a.ci and name != "combined"  # combined's drop is far beyond any interval
                         found, result = _validate(art, set_dir, keep=ci)
                         row.update(found)
-                        row["drop"] = {t: ref[t][0] - row[t][0] for t in ref if t in row}
+                        row["drop"] = _drop(ref, row)
                         if ci:
                             row["ci"] = _intervals(ref_result, result)
                     else:
@@ -170,7 +175,7 @@ def main() -> int:
                     if a.attribute and name == "smart" and isinstance(art, Path):
                         row = dict(model=stem, variant="smart, outputs only", set=set_name, seconds=None)
                         row.update(_validate(art, set_dir, source=model)[0])
-                        row["drop"] = {t: ref[t][0] - row[t][0] for t in ref if t in row}
+                        row["drop"] = _drop(ref, row)
                         rows.append(row)
                         rows += _branch_rows(stem, set_name, art, set_dir, model, ref)
                 console.print(f"  validated {stem} on {set_name}")
@@ -178,6 +183,11 @@ def main() -> int:
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1, default=str))
     return 0
+
+
+def _drop(ref: dict, row: dict) -> dict:
+    """iou type -> float mAP50-95 minus the row's."""
+    return {t: ref[t][0] - row[t][0] for t in ref if t in row}
 
 
 def _branch_rows(stem: str, set_name: str, art: Path, set_dir: Path, model: Path, ref: dict) -> list[dict]:
@@ -189,7 +199,7 @@ def _branch_rows(stem: str, set_name: str, art: Path, set_dir: Path, model: Path
     for kind in output_kinds(load(art)):
         row = dict(model=stem, variant=f"smart, float {kind}", set=set_name, seconds=None)
         row.update(_validate(art, set_dir, source=model, float_kind=kind)[0])
-        row["drop"] = {t: ref[t][0] - row[t][0] for t in ref if t in row}
+        row["drop"] = _drop(ref, row)
         rows.append(row)
     return rows
 
@@ -201,10 +211,17 @@ def _fmt(row: dict, t: str, ci: bool) -> tuple[str, ...]:
     drop = row.get("drop", {}).get(t)
     cells = [f"{m:.4f}", f"{m50:.4f}", "" if drop is None else f"{-drop:+.4f}"]
     if ci:
-        lo_hi = row.get("ci", {}).get(t)
-        floor = row.get("floor", {}).get(t)
-        cells.append(f"floor {floor[0]:+.4f} .. {floor[1]:+.4f}" if floor else "" if lo_hi is None else f"[{lo_hi[0]:+.4f}, {lo_hi[1]:+.4f}]")
+        cells.append(_ci_cell(row, t))
     return tuple(cells)
+
+
+def _ci_cell(row: dict, t: str) -> str:
+    """The float row's resolution floor, or a variant's bootstrap interval."""
+    if floor := row.get("floor", {}).get(t):
+        return f"floor {floor[0]:+.4f} .. {floor[1]:+.4f}"
+    if lo_hi := row.get("ci", {}).get(t):
+        return f"[{lo_hi[0]:+.4f}, {lo_hi[1]:+.4f}]"
+    return ""
 
 
 def _print(rows: list[dict], total_s: float, ci: bool = False) -> None:

@@ -126,7 +126,8 @@ def round_weights(prep: Prepared, calib: CalibrationSet, config: ConvertConfig) 
     rounded = gptq_round(prep.graph, islice(calib.images(prep.loaded.info.imgsz), IMAGES), threads=config.threads)
     prep.techniques["weight_rounding"] = rounded.record
     if rounded.record["convs"]:
-        prep.reference = prep.reference or prep.graph
+        if prep.reference is None:
+            prep.reference = prep.graph
         prep.graph = rounded.model
     return prep
 

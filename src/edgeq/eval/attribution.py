@@ -102,10 +102,12 @@ class FloatOutputsBackend:
         real = self.reference.run_float(x)
         out = []
         for use_float, f, q, quant, dtype in zip(self._swap, real, self.artifact.run(x), self._quant, self._dtypes):
-            if use_float or quant is None:
-                out.append(f if use_float else np.asarray(q, np.float32))
-                continue
-            out.append(np.ascontiguousarray(_qparams(quant, dtype).dequantize(q), dtype=np.float32))
+            if use_float:
+                out.append(f)
+            elif quant is None:
+                out.append(np.asarray(q, np.float32))
+            else:
+                out.append(np.ascontiguousarray(_qparams(quant, dtype).dequantize(q), dtype=np.float32))
         return out
 
 

@@ -116,8 +116,8 @@ def _hessians(model: onnx.ModelProto, convs: Sequence[_Conv], images: Sequence[n
               threads: int | None) -> dict[str, np.ndarray]:
     """``sum(x x^T)`` of each conv's input patches, one pass over ``images`` per memory group."""
     out: dict[str, np.ndarray] = {}
+    inputs = {i.name for i in model.graph.input}
     for group in _groups(convs):
-        inputs = {i.name for i in model.graph.input}
         computed = [n for n in dict.fromkeys(c.node.input[0] for c in group) if n not in inputs]
         session = make_session(expose_all(model, computed), threads)
         input_name = session.get_inputs()[0].name
