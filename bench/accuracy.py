@@ -10,7 +10,7 @@ serves every variant built from the same graph, so the whole run fits in ~20 min
     python bench/accuracy.py --attribute          # + where the smart drop comes from (~+12 min)
     python bench/accuracy.py --ci                 # + 95% paired-bootstrap interval of each drop
 
-``--attribute`` adds rows per model and set (:mod:`edgeq.eval.attribution`): the float graph with
+``--attribute`` adds rows per model and set (:mod:`edgeq.analysis.attribution`): the float graph with
 only the smart artifact's *output* rounding, so the smart drop splits into what the outputs' own
 int8 steps cost and what the int8 activations and weights inside the graph cost; then, per head
 branch (boxes, scores, objectness, mask_coefs, protos), the artifact with that branch's outputs
@@ -73,7 +73,7 @@ def _validate(model_path: Path, data_dir: Path, source: Path | None = None, keep
     with ``float_kind``, the artifact with that kind of output taken from the float graph.
     """
     from edgeq.eval import validate
-    from edgeq.eval.attribution import float_outputs_model, output_rounding_model
+    from edgeq.analysis.attribution import float_outputs_model, output_rounding_model
     from edgeq.runtime import load
 
     if source is None:
@@ -192,7 +192,7 @@ def _drop(ref: dict, row: dict) -> dict:
 
 def _branch_rows(stem: str, set_name: str, art: Path, set_dir: Path, model: Path, ref: dict) -> list[dict]:
     """One row per head branch: the smart artifact with that branch's outputs from the float graph."""
-    from edgeq.eval.attribution import output_kinds
+    from edgeq.analysis.attribution import output_kinds
     from edgeq.runtime import load
 
     rows = []

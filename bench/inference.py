@@ -29,7 +29,7 @@ def main() -> None:
     args = p.parse_args()
     shared = C.check_shared(args.shared, "coco-val-dev", "coco-calib", *(f"models/{m}.onnx" for m in args.models))
     from edgeq.calib.preprocess import read_image
-    from edgeq.eval.latency import measure_latency
+    from edgeq.perf.latency import measure_latency
 
     images = [read_image(q) for q in C.image_paths(shared / "coco-val-dev", args.images)]
     configs: list[tuple[str, str, Path]] = []

@@ -10,7 +10,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.export.tflite import TFLiteResult, write_tflite
-from edgeq.export.tflite.onnx_graph import GraphView
+from edgeq.graph.view import GraphView
+from edgeq.export.tflite.constraints import TFLITE
 from edgeq.quant.build import plan_from_ranges
 from edgeq.quant.constraints import constant_params
 from edgeq.quant.plan import QuantPlan
@@ -158,7 +159,7 @@ def convert(model: onnx.ModelProto, n_calib: int = 4, seed: int = 0, int16: Iter
     shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
     pixels = [random_pixels(rng, shape) for _ in range(n_calib)]
     ranges = ranges_from(run_onnx(model, {inp.name: to_float(p)}) for p in pixels)
-    plan = plan_from_ranges(model, ranges, int16=set(int16))
+    plan = plan_from_ranges(model, constraints=TFLITE, ranges=ranges, int16=set(int16))
     return plan, write_tflite(model, plan), pixels
 
 

@@ -12,9 +12,11 @@ from typer.testing import CliRunner
 from conftest import shared_path
 from edgeq.cli import app
 from edgeq.config import ConvertConfig
-from edgeq.eval.analyze import analyze, artifact_params, open_interpreter, stored_perm, to_html, to_markdown, write_reports
-from edgeq.eval.sensitivity import ErrorAccumulator, FloatActivations, unit_sensitivity
+from edgeq.analysis.analyze import analyze, artifact_params, open_interpreter, stored_perm, to_html, to_markdown, write_reports
+from edgeq.quant.sensitivity import ErrorAccumulator, FloatActivations, unit_sensitivity
 from edgeq.pipeline import convert, prepare
+from edgeq.export.tflite.constraints import TFLITE
+from edgeq.families import get_family
 from edgeq.quant.mixed import promotable, promotion_units
 
 CALIB_N = 2
@@ -74,7 +76,7 @@ def test_artifact_outputs_sqnr_in_sane_band(analysis):
 
 def test_sensitivity_is_deterministic_and_ranks(float_setup):
     prep, acts, params = float_setup
-    units = [u for u in promotion_units(prep.graph, params) if acts.input_name not in u]
+    units = [u for u in promotion_units(prep.graph, params, TFLITE) if acts.input_name not in u]
     # late layers are cheap to re-run (their downstream graph is small); add one early layer
     subset = units[-12:] + [units[3]]
     a = unit_sensitivity(acts, subset, params, head=prep.head)
@@ -104,7 +106,7 @@ def test_quantizing_an_output_alone_matches_numpy_fake_quant(float_setup):
 
 def test_units_group_shared_parameters(float_setup):
     prep, _, params = float_setup
-    units = promotion_units(prep.graph, params)
+    units = promotion_units(prep.graph, params, TFLITE)
     members = [m for u in units for m in u]
     assert len(members) == len(set(members))
     unit_of = {m: tuple(u) for u in units for m in u}
@@ -151,7 +153,7 @@ def test_score_outputs_resolution_and_clipping(analysis):
 def test_layer_tables_and_advice_render(analysis, tmp_path):
     from rich.console import Console
 
-    from edgeq.eval.analyze import LayerRow, print_analysis
+    from edgeq.analysis.analyze import LayerRow, print_analysis
 
     rows = [
         LayerRow(rank=1, name="/model.1/act/Mul_output_0", op="Mul", members=("/model.1/act/Mul_output_0",),
@@ -196,14 +198,14 @@ def test_anchor_heads_get_decoded_errors_and_floored_score_logits():
     ref["objectness_0"][0, 0, 0, 0] = -25.0
     floored = dict(ref, objectness_0=np.maximum(ref["objectness_0"], LOGIT_FLOOR))
     acc = ErrorAccumulator()
-    acc.add(ref, floored, head)
+    acc.add(ref, floored, head, get_family("yolov5").decoded_errors)
     err = acc.result()
     assert set(err.decoded) == {"scores", "boxes"}
     assert err.raw["objectness_0"] == 0 and err.decoded["boxes"] == 0
     assert err.decoded["scores"] < 1e-7  # sigmoid(-9.2) vs sigmoid(-25): nothing a threshold sees
     moved = dict(ref, boxes_0=ref["boxes_0"] + 0.1)
     acc = ErrorAccumulator()
-    acc.add(ref, moved, head)
+    acc.add(ref, moved, head, get_family("yolov5").decoded_errors)
     err = acc.result()
     assert err.decoded["boxes"] > 0 and err.decoded["scores"] == 0
 
@@ -213,7 +215,7 @@ def test_output_rounding_model_rounds_the_float_graph_like_the_artifact(artifact
     NHWC layout (scores_0 is 80x80x80, where a shape test cannot tell the layouts apart)."""
     import cv2
 
-    from edgeq.eval.attribution import output_rounding_model
+    from edgeq.analysis.attribution import output_rounding_model
     from edgeq.runtime import load
 
     art = load(artifact)
@@ -239,7 +241,7 @@ def test_float_outputs_model_swaps_one_branch_for_float(artifact):
 
     from edgeq.errors import ArtifactError
     from edgeq.calib.ranges import LOGIT_FLOOR
-    from edgeq.eval.attribution import float_outputs_model, output_kinds
+    from edgeq.analysis.attribution import float_outputs_model, output_kinds
     from edgeq.runtime import load
 
     art = load(artifact)

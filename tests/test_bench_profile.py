@@ -11,8 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.errors import EdgeqError
-from edgeq.eval.latency import Stats, synthetic_image
-from edgeq.eval.profile import parse_ort_trace, profile_onnx, profile_tflite
+from edgeq.perf.latency import Stats, synthetic_image
+from edgeq.perf.profile import parse_ort_trace, profile_onnx, profile_tflite
 
 
 def _tiny_conv_model(path: Path) -> Path:

@@ -51,7 +51,7 @@ def test_validate_runs_a_few_images(val_dev, tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["convert", "{bad}", "--calib", "{calib}"], "not a valid ONNX model"),
     (["convert", "{model}", "--calib", "{tmp}/nowhere"], "calibration path not found"),
-    (["convert", "{model}", "--calib", "{calib}", "--split", "diagonal"], "--split must be smart or combined"),
+    (["convert", "{model}", "--calib", "{calib}", "--split", "diagonal"], "unknown --split 'diagonal'"),
     (["predict", "{tmp}/missing.tflite", "{bad}"], "not found"),
 ])
 def test_errors_are_clear_and_exit_2(tmp_path, calib_dir, args, needle):

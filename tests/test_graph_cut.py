@@ -7,9 +7,9 @@ import onnxruntime as ort
 import pytest
 
 from conftest import shared_path
-from edgeq.calib.collect import expose_all
+from edgeq.graph.session import expose_all
 from edgeq.graph.cut import cut_at_head
-from edgeq.graph.heads import discover_head
+from edgeq.families import discover_head
 from edgeq.graph.load import load_model
 from edgeq.graph.passes.normalize_boxes import normalize_boxes
 

@@ -5,7 +5,8 @@ import pytest
 
 from conftest import shared_path
 from edgeq.errors import HeadNotFoundError, ModelError
-from edgeq.graph.heads import apply_split_hints, discover_head
+from edgeq.families import discover_head
+from edgeq.graph.heads import apply_split_hints
 from edgeq.graph.load import load_model
 
 

@@ -14,6 +14,8 @@ from conftest import shared_path
 from edgeq.config import ConvertConfig
 from edgeq.export.tflite import write_tflite
 from edgeq.meta.schema import Output
+from edgeq.export.tflite.constraints import TFLITE
+from edgeq.export.tflite.probe import ArtifactProbe
 from edgeq.quant.build import plan_from_ranges
 from edgeq.quant.guard import Component, check_artifact, components
 
@@ -55,8 +57,8 @@ def _check(model: onnx.ModelProto, parts: list[Component], split: str):
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(3)]
     ranges = ranges_from(run_onnx(model, {"x": to_float(i.transpose(2, 0, 1)[None])}) for i in images)
-    written = write_tflite(model, plan_from_ranges(model, ranges))
-    return check_artifact(model, written.buffer, written.layouts, parts, images, split=split)
+    written = write_tflite(model, plan_from_ranges(model, constraints=TFLITE, ranges=ranges))
+    return check_artifact(model, ArtifactProbe(written.buffer, written.layouts), parts, images, split=split)
 
 
 def test_one_scale_for_boxes_and_scores_collapses_the_scores():
@@ -81,7 +83,9 @@ def test_separate_scales_pass():
 def test_combined_yolov8n_with_pixel_boxes_is_flagged(tmp_path, monkeypatch, caplog):
     import edgeq.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "normalize_boxes", lambda model, imgsz: False)  # the upstream failure
+    import edgeq.prepare
+
+    monkeypatch.setattr(edgeq.prepare, "normalize_boxes", lambda model, imgsz: False)  # the upstream failure
     cfg = ConvertConfig(split="combined", calib_count=4, bias_correction=False, equalize=False)
     with caplog.at_level(logging.WARNING, logger="edgeq.pipeline"):
         res = pipeline.convert(shared_path("models", "yolov8n.onnx"), shared_path("coco-calib"), tmp_path / "c.tflite",

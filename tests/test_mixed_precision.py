@@ -13,6 +13,7 @@ from edgeq.config import ConvertConfig
 from edgeq.errors import EdgeqError
 from edgeq.pipeline import convert
 from edgeq.runtime import load
+from edgeq.export.tflite.constraints import TFLITE
 from edgeq.quant.mixed import Candidate, choose_int16, closure, expand_names, promotion_units
 
 CALIB_N = 2
@@ -122,7 +123,7 @@ def test_closure_and_explicit_names(promoted):
     graph = promoted.graph
     params = promoted.plan.activations
     # plan the int8 graph again to get int8 units
-    units = promotion_units(graph, {n: p for n, p in params.items()})
+    units = promotion_units(graph, {n: p for n, p in params.items()}, TFLITE)
     unit = next(u for u in units if CONV1 in u)
     assert set(closure(unit, graph, units)) >= {CONV1, *SILU1}
     assert expand_names([CONV1], units, graph)[:3] == [CONV1, *SILU1]

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _writer_helpers import conv_weights, make_model
 from onnx import helper
 
-from _writer_helpers import conv_weights, make_model
 from edgeq.errors import CalibrationError
+from edgeq.export.tflite.constraints import TFLITE
 from edgeq.quant.build import MAX_SHARE_WIDENING, plan_from_ranges
-from edgeq.quant.constraints import CONSTRAINTS, Rule, as_dtype, constraint
+from edgeq.quant.constraints import Rule, as_dtype
 from edgeq.quant.plan import QParams
 
 RNG = np.random.default_rng(0)
@@ -24,12 +25,12 @@ def _model(nodes, outputs, c_out=4, **inits):
 
 
 def test_registry_documents_litert_rules():
-    assert constraint("Sigmoid").fixed_params("int8").same_as(QParams(1 / 256, -128, "int8"))
-    assert constraint("Softmax").fixed_params("int16").same_as(QParams(1 / 32768, 0, "int16"))
-    assert constraint("Concat").rule is Rule.SHARED
+    assert TFLITE("Sigmoid").fixed_params("int8").same_as(QParams(1 / 256, -128, "int8"))
+    assert TFLITE("Softmax").fixed_params("int16").same_as(QParams(1 / 32768, 0, "int16"))
+    assert TFLITE("Concat").rule is Rule.SHARED
     for op in ("MaxPool", "Reshape", "Transpose", "Split", "Slice", "Resize", "Pad"):
-        assert CONSTRAINTS[op].rule is Rule.SAME_AS_INPUT
-    assert constraint("SomethingNew").rule is Rule.FREE
+        assert TFLITE.table[op].rule is Rule.SAME_AS_INPUT
+    assert TFLITE("SomethingNew").rule is Rule.FREE
 
 
 def test_as_dtype_uint8_int8_is_exact_shift():
@@ -42,7 +43,7 @@ def test_as_dtype_uint8_int8_is_exact_shift():
 
 def test_input_default_uint8_and_free_conv_output():
     m = _model([_conv("x", "c", "w")], ["c"])
-    plan = plan_from_ranges(m, {"x": (0, 1), "c": (-2.0, 6.0)}, methods={"c": "percentile"})
+    plan = plan_from_ranges(m, constraints=TFLITE, ranges={"x": (0, 1), "c": (-2.0, 6.0)}, methods={"c": "percentile"})
     assert plan.activations["x"].same_as(QParams(1 / 255, 0, "uint8"))
     c = plan.activations["c"]
     assert c.dtype == "int8" and np.isclose(c.scale[0], 8.0 / 255) and c.zero_point[0] == -64
@@ -56,7 +57,7 @@ def test_fixed_and_same_as_input_outputs():
              helper.make_node("MaxPool", ["c"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
              helper.make_node("Softmax", ["p"], ["sm"], axis=1)]
     m = _model(nodes, ["s", "sm"])
-    plan = plan_from_ranges(m, {"x": (0, 1), "c": (-3, 5), "s": (0, 1), "p": (-1, 5), "sm": (0, 1)})
+    plan = plan_from_ranges(m, constraints=TFLITE, ranges={"x": (0, 1), "c": (-3, 5), "s": (0, 1), "p": (-1, 5), "sm": (0, 1)})
     assert plan.activations["s"].same_as(QParams(1 / 256, -128, "int8"))
     assert plan.activations["sm"].same_as(QParams(1 / 256, -128, "int8"))
     assert plan.activations["p"].same_as(plan.activations["c"])  # MAX_POOL_2D cannot rescale
@@ -66,7 +67,7 @@ def test_fixed_and_same_as_input_outputs():
 def test_maxpool_on_uint8_input_shares_its_int8_equivalent():
     m = make_model([helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2])],
                    {"x": [1, 3, 8, 8]}, ["p"])
-    plan = plan_from_ranges(m, {"x": (0, 1), "p": (0, 1)})
+    plan = plan_from_ranges(m, constraints=TFLITE, ranges={"x": (0, 1), "p": (0, 1)})
     assert plan.activations["p"].same_as(QParams(1 / 255, -128, "int8"))
 
 
@@ -84,7 +85,7 @@ def _c2f_like(ratio: float):
 
 def test_concat_with_similar_ranges_shares_one_group():
     m, ranges = _c2f_like(1.2)
-    plan = plan_from_ranges(m, ranges)
+    plan = plan_from_ranges(m, constraints=TFLITE, ranges=ranges)
     y = plan.activations["y"]
     for t in ("c", "a", "b", "d"):
         assert plan.activations[t].same_as(y), t
@@ -95,7 +96,7 @@ def test_concat_with_similar_ranges_shares_one_group():
 
 def test_concat_input_with_much_wider_range_is_left_to_requantize():
     m, ranges = _c2f_like(10.0)  # d spans 40: joining would widen c's range by ~10x
-    plan = plan_from_ranges(m, ranges)
+    plan = plan_from_ranges(m, constraints=TFLITE, ranges=ranges)
     y, c = plan.activations["y"], plan.activations["c"]
     assert plan.activations["d"].same_as(y)
     assert not c.same_as(y) and plan.activations["a"].same_as(c)
@@ -108,7 +109,7 @@ def test_sigmoid_into_wide_concat_keeps_fixed_params():
     nodes = [_conv("x", "c", "w"), helper.make_node("Sigmoid", ["c"], ["s"]),
              helper.make_node("Concat", ["c", "s"], ["y"], axis=1)]
     m = _model(nodes, ["y"])
-    plan = plan_from_ranges(m, {"x": (0, 1), "c": (-20, 40), "s": (0, 1), "y": (-20, 40)})
+    plan = plan_from_ranges(m, constraints=TFLITE, ranges={"x": (0, 1), "c": (-20, 40), "s": (0, 1), "y": (-20, 40)})
     assert plan.activations["s"].same_as(QParams(1 / 256, -128, "int8"))
     assert plan.activations["c"].same_as(plan.activations["y"])
 
@@ -118,7 +119,7 @@ def test_concat_of_sigmoids_adopts_the_fixed_params():
              helper.make_node("Sigmoid", ["x"], ["s2"]),
              helper.make_node("Concat", ["s", "s2"], ["y"], axis=1)]
     m = _model(nodes, ["y"])
-    plan = plan_from_ranges(m, {"x": (0, 1), "c": (-2, 2), "s": (0, 1), "s2": (0.5, 0.75), "y": (0, 1)})
+    plan = plan_from_ranges(m, constraints=TFLITE, ranges={"x": (0, 1), "c": (-2, 2), "s": (0, 1), "s2": (0.5, 0.75), "y": (0, 1)})
     assert plan.activations["y"].same_as(QParams(1 / 256, -128, "int8"))
 
 
@@ -128,7 +129,7 @@ def test_int16_tensors_are_symmetric_and_fixed_ops_use_int16_constants():
              helper.make_node("Concat", ["m", "c"], ["y"], axis=1)]
     m = _model(nodes, ["y"])
     ranges = {"x": (0, 1), "c": (-3, 5), "s": (0, 1), "m": (-0.3, 5), "y": (-3, 5)}
-    plan = plan_from_ranges(m, ranges, int16={"c", "s", "m"})
+    plan = plan_from_ranges(m, constraints=TFLITE, ranges=ranges, int16={"c", "s", "m"})
     c = plan.activations["c"]
     assert c.dtype == "int16" and c.zero_point[0] == 0 and np.isclose(c.scale[0], 5 / 32767)
     assert plan.activations["s"].same_as(QParams(1 / 32768, 0, "int16"))
@@ -141,7 +142,7 @@ def test_convtranspose_weights_are_per_output_channel_on_axis_1():
     w = RNG.standard_normal((3, 5, 2, 2)).astype(np.float32)
     m = make_model([helper.make_node("ConvTranspose", ["x", "w"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
                    {"x": [1, 3, 4, 4]}, ["y"], {"w": w})
-    p = plan_from_ranges(m, {"x": (0, 1), "y": (-1, 1)}).weights["w"]
+    p = plan_from_ranges(m, constraints=TFLITE, ranges={"x": (0, 1), "y": (-1, 1)}).weights["w"]
     assert p.axis == 1 and p.scale.shape == (5,)
     assert np.allclose(p.scale, np.abs(w).max(axis=(0, 2, 3)) / 127)
 
@@ -149,15 +150,15 @@ def test_convtranspose_weights_are_per_output_channel_on_axis_1():
 def test_missing_or_bad_range_is_a_calibration_error():
     m = _model([_conv("x", "c", "w")], ["c"])
     with pytest.raises(CalibrationError, match="'c'"):
-        plan_from_ranges(m, {"x": (0, 1)})
+        plan_from_ranges(m, constraints=TFLITE, ranges={"x": (0, 1)})
     with pytest.raises(CalibrationError, match="invalid range"):
-        plan_from_ranges(m, {"x": (0, 1), "c": (1.0, float("nan"))})
+        plan_from_ranges(m, constraints=TFLITE, ranges={"x": (0, 1), "c": (1.0, float("nan"))})
 
 
 def test_custom_input_params_are_used_verbatim():
     m = _model([_conv("x", "c", "w")], ["c"])
     p = QParams(0.02, -10, "int8")
-    plan = plan_from_ranges(m, {"x": (0, 1), "c": (0, 1)}, input_name_params=p)
+    plan = plan_from_ranges(m, constraints=TFLITE, ranges={"x": (0, 1), "c": (0, 1)}, input_name_params=p)
     assert plan.activations["x"] is p
 
 
@@ -171,11 +172,11 @@ def test_derived_tensors_need_no_statistics_and_plan_as_if_measured():
     m = _model(nodes, ["q"])
     # derived: the Sigmoid output (fixed) and the inner Transpose (the input's values, permuted);
     # a MaxPool keeps the large values (another distribution) and q is a graph output: measured
-    assert observed_tensors(m) == ["x", "c", "m", "p", "q"]
+    assert observed_tensors(m, TFLITE) == ["x", "c", "m", "p", "q"]
     measured = {"c": (-3.0, 5.0), "m": (-0.3, 4.9), "p": (0.0, 4.95), "q": (0.0, 4.0)}
-    full, filled = with_derived_ranges(m, measured)
+    full, filled = with_derived_ranges(m, measured, TFLITE)
     assert filled == ["s", "t"] and full["t"] == measured["m"] and full["s"] == (0.0, 255 / 256)
-    plan = plan_from_ranges(m, {"x": (0, 1), **full})
-    explicit = plan_from_ranges(m, {"x": (0, 1), **measured, "s": (0.0, 1.0), "t": (-0.2, 4.5)})
+    plan = plan_from_ranges(m, constraints=TFLITE, ranges={"x": (0, 1), **full})
+    explicit = plan_from_ranges(m, constraints=TFLITE, ranges={"x": (0, 1), **measured, "s": (0.0, 1.0), "t": (-0.2, 4.5)})
     for name in ("s", "t", "p", "q", "m"):
         assert plan.activations[name].same_as(explicit.activations[name])

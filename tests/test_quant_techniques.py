@@ -28,6 +28,7 @@ from edgeq.config import ConvertConfig
 from edgeq.export.tflite import write_tflite
 from edgeq.graph.passes.equalize import channel_ranges, equalize, find_pairs
 from edgeq.quant.bias_correction import channel_shift, correct_biases
+from edgeq.export.tflite.constraints import TFLITE
 from edgeq.quant.build import plan_from_ranges
 from edgeq.quant.simulate import simulate
 
@@ -111,7 +112,7 @@ def _nchw(rgb: np.ndarray) -> np.ndarray:
 
 
 def _plan(model: onnx.ModelProto, images: list[np.ndarray]):
-    return plan_from_ranges(model, ranges_from(run_onnx(model, {"x": _nchw(i)}) for i in images))
+    return plan_from_ranges(model, constraints=TFLITE, ranges=ranges_from(run_onnx(model, {"x": _nchw(i)}) for i in images))
 
 
 def test_simulator_matches_the_tflite_integer_kernels():
@@ -166,7 +167,7 @@ def test_bias_correction_raises_head_sqnr_on_unseen_images(calib_dir, val_dev):
     prep = prepare(shared_path("models", "yolov8n.onnx"), ConvertConfig())
     calib = list(calibration_set(calib_dir, count=6).images((640, 640)))
     test = [_chw(i) for i in calibration_set(val_dev / "images", count=2).images((640, 640))]
-    plan = plan_from_ranges(prep.graph, ranges_from(run_onnx(prep.graph, {"images": _chw(i)}) for i in calib))
+    plan = plan_from_ranges(prep.graph, constraints=TFLITE, ranges=ranges_from(run_onnx(prep.graph, {"images": _chw(i)}) for i in calib))
     corrected = correct_biases(prep.graph, plan, calib).model
     refs = [run_onnx(prep.graph, {"images": x}, all_tensors=False) for x in test]
 
@@ -260,4 +261,4 @@ def test_cli_rejects_unknown_range_methods():
     from edgeq.cli import app
 
     result = CliRunner().invoke(app, ["convert", "m.onnx", "--calib", "c", "--calib-method", "kl"])
-    assert result.exit_code == 2 and "--calib-method must be auto or one of" in result.output
+    assert result.exit_code == 2 and "unknown --calib-method 'kl'" in result.output and "auto, " in result.output

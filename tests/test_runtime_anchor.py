@@ -9,12 +9,13 @@ import onnxruntime as ort
 from conftest import shared_path
 from edgeq.calib.preprocess import letterbox, read_image, to_nchw_float
 from edgeq.graph.cut import cut_at_head
-from edgeq.graph.heads import discover_head
+from edgeq.families import discover_head
 from edgeq.graph.load import load_model
-from edgeq.meta.build import anchor_outputs, build_meta
+from edgeq.families import get_family
+from edgeq.meta.build import build_meta
 from edgeq.meta.schema import Quant
-from edgeq.runtime.anchor_head import AnchorHead
-from edgeq.runtime.decode import Decoder
+from edgeq.families.yolov5 import AnchorHead
+from edgeq.runtime.decoder import Decoder
 
 
 class _T:  # a float "artifact tensor" for the metadata builder
@@ -29,7 +30,7 @@ def test_anchor_decoder_matches_in_graph_decode(val_dev):
     full = ort.InferenceSession(m.model.SerializeToString(), providers=["CPUExecutionProvider"])
     part = ort.InferenceSession(cut.SerializeToString(), providers=["CPUExecutionProvider"])
     tensors = [_T(e.name, tuple(e.shape)) for e in head.endpoints]
-    meta = build_meta(m.info, anchor_outputs(head, tensors, layout="nchw"), _T("images", (1, 640, 640, 3)), {}, name="v5", decoder_version="yolov5")
+    meta = build_meta(m.info, get_family("yolov5").outputs(head, tensors, layout="nchw"), _T("images", (1, 640, 640, 3)), {}, name="v5", decoder_version="yolov5")
     dec = Decoder(meta)
     for path in sorted((val_dev / "images").glob("*.jpg"))[:3]:
         x = to_nchw_float(letterbox(read_image(path), (640, 640))[0])
@@ -71,8 +72,8 @@ def test_split_form_decodes_like_single_tensor_form(val_dev):
     split_sess = ort.InferenceSession(cut_at_head(m.model, head).SerializeToString(), providers=["CPUExecutionProvider"])
     old_sess = ort.InferenceSession(cut_at_head(m.model, old).SerializeToString(), providers=["CPUExecutionProvider"])
     img = _T("images", (1, 640, 640, 3))
-    split_outs = anchor_outputs(head, [_T(e.name, tuple(e.shape)) for e in head.endpoints], layout="nchw")
-    old_outs = anchor_outputs(old, [_T(e.name, tuple(e.shape)) for e in old.endpoints], layout="nchw")
+    split_outs = get_family("yolov5").outputs(head, [_T(e.name, tuple(e.shape)) for e in head.endpoints], layout="nchw")
+    old_outs = get_family("yolov5").outputs(old, [_T(e.name, tuple(e.shape)) for e in old.endpoints], layout="nchw")
     assert [o.name for o in split_outs] == ["boxes", "objectness", "scores"] and [o.name for o in old_outs] == ["detection"]
     assert split_outs[0].encoding == "anchor" and split_outs[0].anchors == old_outs[0].anchors
     assert split_outs[2].score_format == "obj_x_class" and all(c.stride for o in split_outs for c in o.children)
@@ -133,7 +134,7 @@ def test_converted_yolov5n_has_nine_int8_outputs_with_own_scales(tmp_path, calib
 
 
 def test_anchors_read_as_flat_pairs_or_per_level():
-    from edgeq.runtime.anchor_head import _anchors_per_level
+    from edgeq.families.yolov5 import _anchors_per_level
 
     nested = [[[10, 13], [16, 30], [33, 23]], [[30, 61], [62, 45], [59, 119]], [[116, 90], [156, 198], [373, 326]]]
     flat = [pair for level in nested for pair in level]

@@ -12,7 +12,8 @@ from edgeq.errors import ArtifactError
 from edgeq.meta.read import read_meta
 from edgeq.meta.schema import ModelMeta, Output, Quant
 from edgeq.runtime import load
-from edgeq.runtime.decode import Decoder, Field, QParams, candidate_anchors, select_scores, single_label_codes
+from edgeq.decode.fields import Field, QParams, candidate_anchors, select_scores, single_label_codes
+from edgeq.runtime.decoder import Decoder
 
 SHARED = Path(os.environ.get("EDGEQ_SHARED", Path(__file__).resolve().parents[1].parent / "shared")) / "data"
 
@@ -103,7 +104,8 @@ def _per_scale_meta(
     scores = Output("scores", "scores", [1, len(labels), 8400], score_format="per_class",
                     activation_required="sigmoid",
                     children=[child(s, "scores", i) for i, (_, s, _) in enumerate(pairs)])
-    return ModelMeta("yolov8", "detect", labels, [1, 3, 640, 640], "nchw", [boxes, scores], input_dtype="float32")
+    return ModelMeta("yolov8", "detect", labels, [1, 3, 640, 640], "nchw", [boxes, scores], input_dtype="float32",
+                     nms="class_aware")
 
 
 @pytest.mark.parametrize("image", [BUS_LIKE, "000000006818.jpg", "000000017627.jpg"])
@@ -190,7 +192,7 @@ def test_single_label_codes_equal_float_selection(conf: float) -> None:
 def test_lowest_code_of_a_floored_score_output_is_never_a_detection(multi: bool) -> None:
     """Score logits floored at logit(1e-4): below that confidence the floor code would tie every
     background anchor with it; the decoder treats that code as saturated, at any conf."""
-    from edgeq.runtime.decode import _pick
+    from edgeq.decode.fields import pick as _pick
 
     lo, hi = -9.21, 2.0
     scale = (hi - lo) / 255

@@ -17,8 +17,8 @@ from edgeq.calib.preprocess import read_image
 from edgeq.meta.read import read_meta
 from edgeq.runtime import load
 from edgeq.runtime.artifact import Model
-from edgeq.runtime.masks import process_masks
-from edgeq.runtime.nms import box_iou
+from edgeq.decode.masks import process_masks
+from edgeq.decode.nms import box_iou
 
 hal = pytest.importorskip("edgefirst_hal", reason="edgefirst-hal is not installed (pip install edgefirst-hal)")
 

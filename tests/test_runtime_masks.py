@@ -12,8 +12,8 @@ import pytest
 from edgeq.calib.preprocess import Letterbox, letterbox
 from edgeq.meta.schema import ModelMeta, Output
 from edgeq.runtime import load
-from edgeq.runtime.decode import Decoder
-from edgeq.runtime.masks import process_masks
+from edgeq.runtime.decoder import Decoder
+from edgeq.decode.masks import process_masks
 
 SHARED = Path(os.environ.get("EDGEQ_SHARED", Path(__file__).resolve().parents[1].parent / "shared")) / "data"
 

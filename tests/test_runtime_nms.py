@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from edgeq.meta.schema import ModelMeta, Output
-from edgeq.runtime.decode import Decoder
-from edgeq.runtime import nms as nms_module
-from edgeq.runtime.nms import box_iou, nms, nms_cv2
+from edgeq.runtime.decoder import Decoder
+from edgeq.decode import nms as nms_module
+from edgeq.decode.nms import box_iou, nms, nms_cv2
 
 
 def _reference(boxes: np.ndarray, scores: np.ndarray, iou: float, max_det: int, cls: np.ndarray | None) -> np.ndarray:
@@ -99,10 +99,10 @@ def test_nms_is_fast_at_validation_scale() -> None:
     assert len(keep) == 300
 
 
-def _flat_meta(nc: int) -> ModelMeta:
+def _flat_meta(nc: int, nms: str = "class_aware") -> ModelMeta:
     out = Output("out", "detection", [1, 4 + nc, 3], dshape=[("batch", 1), ("num_features", 4 + nc), ("num_boxes", 3)],
                  decoder="ultralytics", score_format="per_class", normalized=False, dtype="float32")
-    return ModelMeta("yolov8", "detect", [f"c{i}" for i in range(nc)], [1, 3, 64, 64], "nchw", [out])
+    return ModelMeta("yolov8", "detect", [f"c{i}" for i in range(nc)], [1, 3, 64, 64], "nchw", [out], nms=nms)
 
 
 def test_multi_label_and_agnostic_through_decoder() -> None:
@@ -125,3 +125,19 @@ def test_multi_label_and_agnostic_through_decoder() -> None:
     np.testing.assert_allclose(multi.scores, [0.9, 0.85, 0.3])
     np.testing.assert_allclose(single.boxes[0], [15, 15, 25, 25])
     assert len(dec.decode({"out": x}, conf=0.25, max_det=1).scores) == 1
+
+
+def test_decoder_follows_the_declared_nms_mode() -> None:
+    """No ``agnostic`` argument: the file's ``nms`` decides (schema default: class_agnostic)."""
+    x = np.zeros((1, 6, 2), np.float32)
+    x[0, :4, :] = [[20, 20], [20, 20], [10, 10], [10, 10]]  # two anchors, one box
+    x[0, 4:, 0] = [0.9, 0.0]
+    x[0, 4:, 1] = [0.0, 0.8]
+    meta = _flat_meta(2, nms="class_aware")
+    aware = Decoder(meta).decode({"out": x}, conf=0.25)
+    assert aware.class_ids.tolist() == [0, 1]
+    agnostic = Decoder(_flat_meta(2, nms="class_agnostic")).decode({"out": x}, conf=0.25)
+    assert agnostic.class_ids.tolist() == [0]
+    assert Decoder(meta).decode({"out": x}, conf=0.25, agnostic=True).class_ids.tolist() == [0]
+    undeclared = ModelMeta.from_json({k: v for k, v in meta.to_json().items() if k != "nms"}, meta.labels)
+    assert Decoder(undeclared).decode({"out": x}, conf=0.25).class_ids.tolist() == [0]

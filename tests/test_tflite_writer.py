@@ -18,16 +18,26 @@ import numpy as np
 import onnx
 import pytest
 import tflite
+from _writer_helpers import (
+    assert_fully_integer,
+    conv_weights,
+    convert,
+    fake_quant_model,
+    local_errors,
+    make_model,
+    run_onnx,
+    run_tflite,
+    run_xnnpack,
+    tensor_types,
+    to_float,
+)
 from onnx import helper
 
-from _writer_helpers import (
-    assert_fully_integer, conv_weights, convert, fake_quant_model, local_errors, make_model, run_onnx,
-    run_tflite, run_xnnpack, tensor_types, to_float,
-)
 from edgeq.errors import UnsupportedOpError
 from edgeq.export.tflite import write_tflite
+from edgeq.export.tflite.constraints import TFLITE
 from edgeq.quant.build import plan_from_ranges
-from edgeq.quant.constraints import Rule, constraint
+from edgeq.quant.constraints import Rule
 
 LOCAL_STEPS = {"int8": 1.0, "int16": 2.0}
 RNG = np.random.default_rng(1)
@@ -56,7 +66,7 @@ def over_tolerance(model: onnx.ModelProto, plan, errors: dict[str, float]) -> di
     producer = {o: n.op_type for n in model.graph.node for o in n.output}
 
     def allowed(name: str) -> float:
-        p, c = plan.activations[name], constraint(producer.get(name, ""))
+        p, c = plan.activations[name], TFLITE(producer.get(name, ""))
         if p.dtype == "int16" and c.rule is Rule.FIXED:
             # LiteRT's int16 LOGISTIC/SOFTMAX use lookup tables whose accuracy depends on the input
             # range (measured up to ~20 int16 steps on YOLO tensors): require them to beat the
@@ -325,7 +335,7 @@ def test_int16_mixed_with_int8():
 def test_data_movement_chain_int8_and_int16(int16):
     """Depthwise, padded MaxPool, Resize, Split, Concat, Slice, Pad, ConvTranspose, Reshape,
     Transpose and Softmax in one chain; with ``int16`` every activation is int16 (16x8)."""
-    from edgeq.export.tflite.onnx_graph import GraphView
+    from edgeq.graph.view import GraphView
 
     nodes = [conv("x", "a", "w", k=1, p=0, b="w_b"), conv("a", "d", "dw", k=3, s=2, b="dw_b", group=8),
              N("MaxPool", ["d"], ["p"], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1]),
@@ -411,19 +421,11 @@ def test_description_is_stored():
 def test_unsupported_ops_name_node_op_and_attribute(node, what):
     inits = {"scales": np.array([1, 1, 2, 2], np.float32), "wg": np.ones((6, 2, 1, 1), np.float32)}
     m = make_model([node], {"x": [1, 6, 4, 4]}, ["y"], {k: v for k, v in inits.items() if k in node.input})
-    plan = plan_from_ranges(m, {"x": (0, 1), "y": (0, 1)})
+    plan = plan_from_ranges(m, constraints=TFLITE, ranges={"x": (0, 1), "y": (0, 1)})
     with pytest.raises(UnsupportedOpError) as exc:
         write_tflite(m, plan)
     msg = str(exc.value)
     assert node.op_type in msg and (node.name in msg) and what in msg and "--split smart" in msg
-
-
-def test_float_tensors_in_plan_are_rejected():
-    m = make_model([conv("x", "y", "w")], X, ["y"], weights(4, 3, 3, bias=False))
-    plan, _, _ = convert(m)
-    plan.float_tensors.add("y")
-    with pytest.raises(UnsupportedOpError, match="float"):
-        write_tflite(m, plan)
 
 
 # -- artifact structure --------------------------------------------------------------------------------
@@ -548,12 +550,12 @@ def _calibrate(path, model: onnx.ModelProto, images: list[np.ndarray]):
 def convert_real(path, images, int16: bool = False):
     """Calibrate on ``images`` with onnxruntime, plan, write, run image 0 in LiteRT, check every
     tensor locally; with ``int16`` every activation is int16 (16x8)."""
-    from edgeq.export.tflite.onnx_graph import GraphView
+    from edgeq.graph.view import GraphView
 
     model = onnx.load(path)
     ranges, first = _calibrate(path, model, images)
     names = set(GraphView(model).activations()) - {"images"} if int16 else set()
-    plan = plan_from_ranges(model, ranges, int16=names)
+    plan = plan_from_ranges(model, constraints=TFLITE, ranges=ranges, int16=names)
     result = write_tflite(model, plan, description=path.stem)
     assert_fully_integer(result)
     lite = run_tflite(result, images[0].transpose(2, 0, 1)[None])

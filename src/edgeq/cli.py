@@ -39,6 +39,16 @@ def _run(fn, *args, **kwargs):
         raise typer.Exit(2) from None
 
 
+def _config(cls, **options):
+    """Build a config; its validation errors name the command-line flag, not the field."""
+    from edgeq.errors import ConfigError
+
+    try:
+        return cls(**options)
+    except ConfigError as e:
+        raise e.for_flag("--" + e.option.replace("_", "-")) from None
+
+
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging.")) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
@@ -54,8 +64,9 @@ def version() -> None:
 def convert(
     model: Path = typer.Argument(..., help="Float ONNX model (Ultralytics YOLOv8/YOLO11 detect or segment export)."),
     calib: Path = typer.Option(..., "--calib", help="Calibration images: a folder, a dataset folder with images/, or a COCO instances.json."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Artifact path [default: <model>-<split>-int8.tflite]."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Artifact path [default: <model>-<split>-int8.<target suffix> beside the model]."),
     split: str = typer.Option("smart", "--split", help="smart: cut at the head's per-scale endpoints (recommended); combined: one concatenated output (upstream baseline)."),
+    target: str = typer.Option("tflite", "--target", help="Artifact format: tflite (fully-integer TFLite for LiteRT / i.MX 8M Plus)."),
     calib_count: Optional[int] = typer.Option(None, "--calib-count", help="Use only the first N calibration images [default: all]."),
     calib_method: str = typer.Option("percentile", "--calib-method", help="Range setting for activations: percentile (clip the 0.001% most extreme values of each tail) | auto (per tensor, least expected error as seen after its consumer, e.g. SiLU) | minmax | mse | entropy."),
     split_hints: Optional[Path] = typer.Option(None, "--split-hints", help="EdgeFirst split_hints file (JSON/YAML) to check and name the cut."),
@@ -76,21 +87,10 @@ def convert(
     from edgeq.config import ConvertConfig
     from edgeq.pipeline import convert as run_convert
 
-    if split not in ("smart", "combined"):
-        console.print(f"[bold red]error:[/] --split must be smart or combined, not {split!r}")
-        raise typer.Exit(2)
-    from edgeq.calib.ranges import METHODS
-
-    if calib_method != "auto" and calib_method not in METHODS:
-        console.print(f"[bold red]error:[/] --calib-method must be auto or one of {', '.join(METHODS)}, not {calib_method!r}")
-        raise typer.Exit(2)
-    if weight_rounding not in ("gptq", "nearest"):
-        console.print(f"[bold red]error:[/] --weight-rounding must be gptq or nearest, not {weight_rounding!r}")
-        raise typer.Exit(2)
     names = tuple(n.strip() for item in int16 or [] for n in item.split(",") if n.strip())
-    cfg = ConvertConfig(split=split, calib_count=calib_count, calib_method=calib_method, split_hints=split_hints, threads=threads,  # type: ignore[arg-type]
-                        int16=names, int16_budget=int16_budget, bias_correction=bias_correction, equalize=equalize,
-                        weight_rounding=weight_rounding)  # type: ignore[arg-type]
+    cfg = _run(_config, ConvertConfig, split=split, target=target, calib_count=calib_count, calib_method=calib_method,
+               split_hints=split_hints, threads=threads, int16=names, int16_budget=int16_budget,
+               bias_correction=bias_correction, equalize=equalize, weight_rounding=weight_rounding)
     result = _run(run_convert, model, calib, output, cfg, progress=not quiet)
     size = result.path.stat().st_size / 1e6
     console.print(f"[green]wrote[/] {result.path} ({size:.1f} MB, {len(result.meta.outputs)} logical outputs, split={split})")
@@ -206,8 +206,8 @@ def analyze(
     """
     from tqdm import tqdm
 
-    from edgeq.eval.analyze import analyze as run_analyze
-    from edgeq.eval.analyze import print_analysis, write_reports
+    from edgeq.analysis.analyze import analyze as run_analyze
+    from edgeq.analysis.analyze import print_analysis, write_reports
 
     bars: list[tqdm] = []
 
@@ -244,8 +244,8 @@ def bench(
     ONNX models are profiled with onnxruntime's profiler; TFLite artifacts with LiteRT's C-API
     profiler on the same XNNPACK CPU kernels the runtime uses.
     """
-    from edgeq.eval.latency import load_images, measure_latency, print_latency
-    from edgeq.eval.profile import print_profile, profile_model
+    from edgeq.perf.latency import load_images, measure_latency, print_latency
+    from edgeq.perf.profile import print_profile, profile_model
 
     if kernels not in ("xnnpack", "builtin"):
         console.print(f"[bold red]error:[/] --kernels must be xnnpack or builtin, not {kernels!r}")

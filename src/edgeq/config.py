@@ -1,12 +1,23 @@
-"""Conversion settings as data (one frozen dataclass), shared by the CLI and the Python API."""
+"""Conversion settings as data (one frozen dataclass), shared by the CLI, the Python API and the
+artifact's provenance. A config validates itself when it is made, so a bad setting fails before any
+work starts, whoever built it.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+from edgeq.calib.ranges import METHODS
+from edgeq.errors import ConfigError
+from edgeq.export import TARGETS
 
 SplitMode = Literal["smart", "combined"]
 WeightRounding = Literal["gptq", "nearest"]
+
+#: accepted values of the range-setting options (``auto`` chooses per tensor among the methods)
+RANGE_METHODS: tuple[str, ...] = ("auto", *METHODS)
 
 
 @dataclass(frozen=True)
@@ -25,6 +36,7 @@ class ConvertConfig:
             :mod:`edgeq.calib.ranges`).
         output_method: range setting for the artifact's outputs; min/max keeps the rare
             high-confidence logits that ranking depends on.
+        target: the artifact format, a name in :data:`edgeq.export.TARGETS` (``tflite``).
         split_hints: optional EdgeFirst split_hints (YAML/JSON file) to check and name the cut.
         threads: CPU threads for calibration inference (None: onnxruntime's default).
         int16: activations to keep in int16 (TFLite 16x8 kernels); each name promotes every
@@ -51,6 +63,7 @@ class ConvertConfig:
     """
 
     split: SplitMode = "smart"
+    target: str = "tflite"
     calib_count: int | None = None
     calib_method: str = "percentile"
     output_method: str = "minmax"
@@ -63,7 +76,44 @@ class ConvertConfig:
     weight_rounding: WeightRounding = "gptq"
     guard: bool = True
 
+    def __post_init__(self) -> None:
+        _one_of("split", self.split, get_args(SplitMode))
+        _one_of("target", self.target, tuple(TARGETS))
+        _one_of("calib_method", self.calib_method, RANGE_METHODS)
+        _one_of("output_method", self.output_method, RANGE_METHODS)
+        _one_of("weight_rounding", self.weight_rounding, get_args(WeightRounding))
+        if self.calib_count is not None and (not isinstance(self.calib_count, int) or self.calib_count < 1):
+            _bad("calib_count", f"must be a positive number of images, not {self.calib_count!r}",
+                 "omit it to use every calibration image")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            _bad("threads", f"must be a positive integer, not {self.threads!r}", "omit it for the runtime's default")
+        if isinstance(self.int16, str) or not all(isinstance(n, str) and n.strip() for n in self.int16):
+            _bad("int16", f"must be tensor names, not {self.int16!r}",
+                 "pass e.g. ('boxes_0', 'boxes_1'); `edgeq analyze` lists the names")
+        object.__setattr__(self, "int16", tuple(self.int16))
+        budget = self.int16_budget
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                                   or not math.isfinite(budget) or not 0 < budget <= 100):
+            _bad("int16_budget", f"must be a percentage in (0, 100], not {budget!r}",
+                 "e.g. 5 for the head outputs plus the most sensitive layers; omit it for W8A8")
+        if self.split == "combined" and self.split_hints is not None:
+            _bad("split_hints", "name the smart cut, but split is 'combined'", "use split 'smart' or drop the hints")
+        if self.split_hints is not None:
+            object.__setattr__(self, "split_hints", Path(self.split_hints))
+        for f in fields(self):
+            if f.type == "bool" and not isinstance(getattr(self, f.name), bool):
+                _bad(f.name, f"must be True or False, not {getattr(self, f.name)!r}")
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["split_hints"] = self.split_hints.name if self.split_hints else None
         return d
+
+
+def _bad(option: str, problem: str, fix: str | None = None) -> None:
+    raise ConfigError(f"{option} {problem}", fix, option=option)
+
+
+def _one_of(option: str, value: Any, accepted: tuple[str, ...]) -> None:
+    if value not in accepted:
+        raise ConfigError(f"unknown {option} {value!r}", f"use one of: {', '.join(accepted)}", option=option)

@@ -16,6 +16,22 @@ class EdgeqError(Exception):
         super().__init__(what if not fix else f"{what}\n  fix: {fix}")
 
 
+class ConfigError(EdgeqError):
+    """A conversion setting is unknown or out of range (raised before any work starts).
+
+    ``option`` is the setting's field name; front ends show it their own way (the CLI as ``--flag``).
+    """
+
+    def __init__(self, what: str, fix: str | None = None, *, option: str = "") -> None:
+        super().__init__(what, fix)
+        self.option = option
+
+    def for_flag(self, flag: str) -> "ConfigError":
+        """The same error naming ``flag`` (e.g. ``--calib-method``) instead of the field name."""
+        what = self.what.replace(self.option, flag, 1) if self.option else self.what
+        return ConfigError(what, self.fix, option=flag)
+
+
 class ModelError(EdgeqError):
     """The model file cannot be read or has an unsupported structure."""
 

@@ -8,7 +8,7 @@ from edgeq.errors import EdgeqError
 
 
 def _onnx_report(path: Path) -> dict[str, Any]:
-    from edgeq.graph.heads import discover_head
+    from edgeq.families import discover_head
     from edgeq.graph.load import load_model
 
     loaded = load_model(path)

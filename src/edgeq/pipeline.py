@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,32 +20,20 @@ from edgeq.calib.histogram import NUM_BINS, StreamingHistogram
 from edgeq.calib.ranges import IDENTITY, SCORE_FLOOR, choose_range, consumer_transfers, floor_logits
 from edgeq.config import ConvertConfig
 from edgeq.errors import EdgeqError
-from edgeq.graph.cut import cut_at_head
-from edgeq.graph.heads import HeadSpec, apply_split_hints, discover_head
-from edgeq.graph.load import LoadedModel, load_model
-from edgeq.graph.passes.equalize import equalize
-from edgeq.graph.passes.normalize_boxes import normalize_boxes
-from edgeq.meta.build import build_meta, combined_family, combined_outputs, smart_outputs
-from edgeq.meta.embed import append_zip, metadata_files
-from edgeq.meta.schema import ModelMeta
+from edgeq.export import get_target
+from edgeq.export.base import Emitted, Target
+from edgeq.families import get_family
+from edgeq.graph.heads import HeadSpec
+from edgeq.meta.build import build_meta, combined_family, combined_outputs
+from edgeq.meta.embed import metadata_files
+from edgeq.meta.schema import ModelMeta, Output
+from edgeq.prepare import Prepared
+from edgeq.prepare import prepare as prepare_graph
 from edgeq.quant.build import plan_from_ranges
 from edgeq.quant.derived import observed_tensors, with_derived_ranges
 from edgeq.quant.plan import QParams, QuantPlan
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Prepared:
-    """The float graph to quantize and how it relates to the source model."""
-
-    loaded: LoadedModel
-    graph: onnx.ModelProto
-    head: HeadSpec | None
-    normalized_boxes: bool
-    techniques: dict[str, Any] = field(default_factory=dict)
-    #: the float graph before weight rounding: what the guard checks the artifact against
-    reference: onnx.ModelProto | None = None
 
 
 @dataclass
@@ -60,54 +47,18 @@ class ConversionResult:
     graph: onnx.ModelProto
 
 
-def _load_hints(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text()
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        import yaml  # optional: only for YAML hint files
-
-        data = yaml.safe_load(text)
-    return data.get("split_hints", data) if isinstance(data, dict) else data
-
-
 def prepare(model_path: str | Path, config: ConvertConfig) -> Prepared:
-    """Load, normalize and (for ``smart``) cut the graph at the discovered head."""
-    loaded = load_model(model_path)
-    if config.split == "combined":
-        normalized = normalize_boxes(loaded.model, loaded.info.imgsz)
-        return _equalized(Prepared(loaded, loaded.model, None, normalized), config)
-    head = discover_head(loaded.model, loaded.info)
-    hints = _load_hints(config.split_hints) if config.split_hints else _embedded_hints(loaded)
-    if hints:
-        head = apply_split_hints(head, hints)
-    return _equalized(Prepared(loaded, cut_at_head(loaded.model, head), head, False), config)
-
-
-def _equalized(prep: Prepared, config: ConvertConfig) -> Prepared:
-    """Cross-layer equalization of the exact conv pairs, if enabled (data-free: ``prepare`` stays
-    image-free, and ``edgeq analyze`` rebuilds the same graph from the recorded config)."""
-    if config.equalize:
-        eq = equalize(prep.graph)
-        prep.graph = eq.model
-        prep.techniques["equalize"] = eq.record
-    return prep
-
-
-def _embedded_hints(loaded: LoadedModel) -> list[dict[str, Any]]:
-    text = loaded.info.props.get("split_hints") or loaded.info.props.get("edgefirst")
-    if not text:
-        return []
-    data = json.loads(text)
-    return data.get("split_hints", []) if isinstance(data, dict) else data
+    """The graph stage with ``config``'s graph settings (split, split hints, equalization)."""
+    return prepare_graph(model_path, split=config.split, split_hints=config.split_hints, equalized=config.equalize)
 
 
 def calibrate(graph: onnx.ModelProto, calib: CalibrationSet, imgsz: tuple[int, int], config: ConvertConfig, progress: bool) -> dict[str, StreamingHistogram]:
-    """Stream the calibration images through the float graph; returns per-tensor histograms."""
+    """Stream the calibration images through the float graph; returns per-tensor histograms of the
+    tensors the target's kernels do not derive from another."""
     images = tqdm(calib.images(imgsz), total=len(calib), desc="calibrating", unit="img", disable=not progress)
     minmax_only = config.calib_method == "minmax" and config.output_method == "minmax"
     return collect_histograms(graph, images, threads=config.threads, bins=0 if minmax_only else NUM_BINS,
-                              names=observed_tensors(graph))
+                              names=observed_tensors(graph, get_target(config.target).constraints))
 
 
 def round_weights(prep: Prepared, calib: CalibrationSet, config: ConvertConfig) -> Prepared:
@@ -147,6 +98,7 @@ def make_plan(
     ``int8_views`` (the plain int8 plan's parameters). ``logits``: score-logit outputs, floored
     at ``logit(SCORE_FLOOR)`` in int8.
     """
+    constraints = get_target(config.target).constraints
     outputs = {o.name for o in graph.graph.output}
     logits, int16 = set(logits), set(int16)
     inputs = {i.name for i in graph.graph.input}  # pinned to the input quantization: no range to choose
@@ -160,9 +112,9 @@ def make_plan(
         if name in logits and name not in int16:
             ranges[name] = floor_logits(ranges[name])
             methods[name] += "+score_floor"
-    ranges, derived = with_derived_ranges(graph, ranges)
+    ranges, derived = with_derived_ranges(graph, ranges, constraints)
     methods.update(dict.fromkeys(derived, "derived"))
-    plan = plan_from_ranges(graph, ranges, methods=methods, int16=int16, int8_views=int8_views)
+    plan = plan_from_ranges(graph, ranges, constraints=constraints, methods=methods, int16=int16, int8_views=int8_views)
     plan.notes["range_methods"] = dict(sorted(Counter(methods.values()).items()))
     plan.notes["range_transfers"] = dict(sorted(Counter(t.name for n, t in transfers.items() if n in hists).items()))
     return plan
@@ -175,8 +127,10 @@ def _mixed_precision(prep: Prepared, hists: dict[str, StreamingHistogram], plan:
     from edgeq.quant.mixed import SENSITIVITY_IMAGES, mixed_precision
 
     images = islice(calib.images(prep.loaded.info.imgsz), SENSITIVITY_IMAGES) if config.int16_budget is not None else None
-    int16, record = mixed_precision(prep.graph, plan.activations, names=config.int16, budget_percent=config.int16_budget,
-                                    images=images, head=prep.head, threads=config.threads)
+    decoded = get_family(prep.head.family).decoded_errors if prep.head is not None else None
+    int16, record = mixed_precision(prep.graph, plan.activations, constraints=get_target(config.target).constraints,
+                                    names=config.int16, budget_percent=config.int16_budget,
+                                    images=images, head=prep.head, decoded=decoded, threads=config.threads)
     return make_plan(prep.graph, hists, config, int16=int16, logits=_score_logits(prep), int8_views=plan.activations), record
 
 
@@ -191,8 +145,9 @@ def _provenance(prep: Prepared, calib: CalibrationSet, plan: QuantPlan, config: 
     info = prep.loaded.info
     return {
         "source": {"file": prep.loaded.path.name, "sha256": info.source_sha256},
-        "target": "tflite",
+        "target": config.target,
         "split": config.split,
+        "split_hints": prep.techniques.get("split_hints"),
         "input_dtype": "uint8",
         "output_dtype": "+".join(sorted({plan.activations[o.name].dtype for o in prep.graph.graph.output})),
         "boxes_normalized": prep.normalized_boxes if prep.head is None else False,
@@ -243,7 +198,7 @@ def _bias_corrected(prep: Prepared, plan: QuantPlan, calib: CalibrationSet, conf
     return corrected.model
 
 
-def _guard(prep: Prepared, written: Any, outputs: list[Any], calib: CalibrationSet, config: ConvertConfig) -> dict[str, Any]:
+def _guard(prep: Prepared, target: Target, written: Emitted, outputs: list[Output], calib: CalibrationSet, config: ConvertConfig) -> dict[str, Any]:
     """Check every output of the written artifact against the float graph; log what collapsed."""
     from itertools import islice
 
@@ -252,14 +207,16 @@ def _guard(prep: Prepared, written: Any, outputs: list[Any], calib: CalibrationS
     info = prep.loaded.info
     parts = components(outputs, len(info.names), info.imgsz[0])
     images = list(islice(calib.images(info.imgsz), IMAGES))
-    report = check_artifact(prep.reference or prep.graph, written.buffer, written.layouts, parts, images, split=config.split, threads=config.threads)
+    probe = target.probe(written, config.threads)
+    report = check_artifact(prep.reference or prep.graph, probe, parts, images, split=config.split, threads=config.threads)
     for c in report.warnings:
         log.warning("%s %s: %s. Fix: %s", c.name, c.status, c.reason, c.fix)
     return report.to_json()
 
 
 def default_output(model_path: Path, config: ConvertConfig) -> Path:
-    return model_path.with_name(f"{model_path.stem}-{config.split}-int8.tflite")
+    """``<model>-<split>-int8<suffix>`` beside the model (the target's suffix)."""
+    return model_path.with_name(f"{model_path.stem}-{config.split}-int8{get_target(config.target).suffix}")
 
 
 def export_artifact(
@@ -270,30 +227,30 @@ def export_artifact(
     config: ConvertConfig,
 ) -> ConversionResult:
     """Plan, write and embed metadata from calibration statistics (the stages after calibrate)."""
-    from edgeq.export.tflite import write_tflite
-
+    target = get_target(config.target)
     info = prep.loaded.info
     plan = make_plan(prep.graph, hists, config, logits=_score_logits(prep))
     mixed = None
     if config.int16 or config.int16_budget is not None:
         plan, mixed = _mixed_precision(prep, hists, plan, calib_set, config)
     graph = _bias_corrected(prep, plan, calib_set, config)
-    written = write_tflite(graph, plan, description=f"edgeq {config.split} int8")
+    written = target.emit(graph, plan, description=f"edgeq {config.split} int8")
     if prep.head is not None:
-        family = prep.head.family
-        outputs = smart_outputs(prep.head, written.outputs)
+        family = get_family(prep.head.family)
+        outputs = family.outputs(prep.head, written.outputs, target.layout)
     else:
-        family = combined_family(written.outputs[0].shape)
-        outputs = combined_outputs(info, written.outputs, prep.normalized_boxes, family)
+        family = get_family(combined_family(written.outputs[0].shape))
+        outputs = combined_outputs(info, written.outputs, prep.normalized_boxes, family.name)
     name = prep.loaded.path.stem
     provenance = _provenance(prep, calib_set, plan, config)
     if mixed is not None:
         provenance["mixed_precision"] = mixed
     if config.guard:
-        provenance["guard"] = _guard(prep, written, outputs, calib_set, config)
-    meta = build_meta(info, outputs, written.inputs[0], provenance, name=name, decoder_version=family)
+        provenance["guard"] = _guard(prep, target, written, outputs, calib_set, config)
+    meta = build_meta(info, outputs, written.inputs[0], provenance, name=name, decoder_version=family.name,
+                      nms=family.nms, iou=family.iou)
     files = metadata_files(meta.to_json(), meta.labels)
-    _write_atomic(out_path, append_zip(written.buffer, files))
+    _write_atomic(out_path, target.embed(written.buffer, files))
     log.info("wrote %s", out_path)
     return ConversionResult(out_path, meta, plan, prep.head, prep.graph)
 
@@ -306,19 +263,23 @@ def convert(
     *,
     progress: bool = True,
 ) -> ConversionResult:
-    """Convert an ONNX model to a fully-integer, self-describing TFLite artifact.
+    """Convert an ONNX model to a self-describing artifact for ``config.target`` (INT8 TFLite by default).
 
     Args:
         model_path: float ONNX export (Ultralytics YOLOv8/YOLO11 detect or segment for ``smart``;
             any supported graph for ``combined``).
         calib: image folder, dataset folder with ``images/``, or COCO instances.json.
-        output: artifact path (default: ``<model>-<split>-int8.tflite`` beside the model).
+        output: artifact path (default: ``<model>-<split>-int8<target suffix>`` beside the model).
         config: conversion settings.
         progress: show progress bars.
     """
     model_path = Path(model_path)
     out_path = Path(output) if output else default_output(model_path, config)
     prep = prepare(model_path, config)
+    if config.int16:
+        from edgeq.quant.mixed import check_names
+
+        check_names(prep.graph, config.int16)
     calib_set = calibration_set(calib, count=config.calib_count)
     prep = round_weights(prep, calib_set, config)
     hists = calibrate(prep.graph, calib_set, prep.loaded.info.imgsz, config, progress)

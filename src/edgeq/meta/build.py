@@ -5,7 +5,6 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from edgeq import __version__
-from edgeq.graph.heads import HeadSpec
 from edgeq.graph.load import ModelInfo
 from edgeq.meta.schema import ModelMeta, Output, Quant
 
@@ -28,7 +27,7 @@ class TensorLike(Protocol):
     zero_point: int
 
 
-def _physical(t: TensorLike, kind: str, stride: int | None, scale_index: int | None, layout: str,
+def physical_output(t: TensorLike, kind: str, stride: int | None, scale_index: int | None, layout: str,
               feature: str | None = None) -> Output:
     n, a, b, c = t.shape
     feature = feature or _DSHAPE_FEATURE[kind]
@@ -46,99 +45,6 @@ def _physical(t: TensorLike, kind: str, stride: int | None, scale_index: int | N
         stride=stride,
         scale_index=scale_index,
     )
-
-
-def anchor_outputs(head: HeadSpec, tensors: Sequence[TensorLike], layout: str = "nhwc") -> list[Output]:
-    """YOLOv5 per-scale raw head (``encoding: anchor``, ``score_format: obj_x_class``).
-
-    ``anchors`` is a flat list of ``[w, h]`` pairs in input pixels, ``na`` per level in the
-    children's order (the type EdgeFirst HAL's schema parses).
-
-    Split form (each level's conv cut in three): logical ``boxes`` (anchor encoding, anchors),
-    ``objectness`` and ``scores``, each with a child per level:
-    ``[1, H, W, na*4]`` box logits (cx, cy, w, h), ``[1, H, W, na]`` objectness logits and
-    ``[1, H, W, na*nc]`` class logits, anchor-major (``a*F + k``). Decoded as
-    ``xy = (2*sig - 0.5 + grid) * stride``, ``wh = (2*sig)**2 * anchor``, score ``sig(obj)*sig(cls)``.
-
-    Single-tensor form (a level that could not be split): one logical ``detection`` whose
-    children are ``[1, H, W, na*(5+nc)]``: cx, cy, w, h, objectness, classes per anchor.
-    """
-    by_name = {t.name: t for t in tensors}
-    na = len(head.anchors[0])
-    anchors = [list(a) for level in head.anchors for a in level]
-    if head.of_kind("detection"):
-        eps = head.of_kind("detection")
-        total = sum(e.shape[2] * e.shape[3] * na for e in eps)
-        no = 5 + head.nc
-        return [
-            Output(
-                name="detection",
-                type="detection",
-                shape=[1, total, no],
-                dshape=[("batch", 1), ("num_boxes", total), ("num_features", no)],
-                decoder="ultralytics",
-                encoding="anchor",
-                score_format="obj_x_class",
-                normalized=False,
-                anchors=anchors,
-                activation_required="sigmoid",
-                children=[_physical(by_name[e.name], "detection", e.stride, e.scale_index, layout) for e in eps],
-            )
-        ]
-    total = sum(e.shape[2] * e.shape[3] * na for e in head.of_kind("boxes"))
-    widths = {"boxes": 4, "objectness": 1, "scores": head.nc}
-    feature = {"boxes": "box_coords", "objectness": "num_features", "scores": "num_classes"}
-    outputs = []
-    for kind in ("boxes", "objectness", "scores"):
-        logical = Output(
-            name=kind,
-            type=kind,
-            shape=[1, widths[kind], total],
-            dshape=[("batch", 1), (feature[kind], widths[kind]), ("num_boxes", total)],
-            decoder="ultralytics",
-            activation_required="sigmoid",
-            children=[
-                _physical(by_name[e.name], kind, e.stride, e.scale_index, layout, "num_anchors_x_features")
-                for e in head.of_kind(kind)
-            ],
-        )
-        if kind == "boxes":
-            logical.encoding, logical.normalized, logical.anchors = "anchor", False, anchors
-        else:
-            logical.score_format = "obj_x_class"
-        outputs.append(logical)
-    return outputs
-
-
-def smart_outputs(head: HeadSpec, tensors: Sequence[TensorLike], layout: str = "nhwc") -> list[Output]:
-    """Logical outputs (boxes, scores, mask_coefs) with per-scale children, plus protos."""
-    if head.family == "yolov5":
-        return anchor_outputs(head, tensors, layout)
-    by_name = {t.name: t for t in tensors}
-    total = sum(e.shape[2] * e.shape[3] for e in head.of_kind("boxes"))
-    widths = {"boxes": 4, "scores": head.nc, "mask_coefs": head.nm}
-    feature = {"boxes": "box_coords", "scores": "num_classes", "mask_coefs": "num_protos"}
-    outputs = []
-    for kind in ("boxes", "scores", "mask_coefs"):
-        eps = head.of_kind(kind)
-        if not eps:
-            continue
-        logical = Output(
-            name=kind,
-            type=kind,
-            shape=[1, widths[kind], total],
-            dshape=[("batch", 1), (feature[kind], widths[kind]), ("num_boxes", total)],
-            decoder="ultralytics",
-            children=[_physical(by_name[e.name], kind, e.stride, e.scale_index, layout) for e in eps],
-        )
-        if kind == "boxes":
-            logical.encoding, logical.normalized = "dfl", False
-        if kind == "scores":
-            logical.score_format, logical.activation_required = "per_class", "sigmoid"
-        outputs.append(logical)
-    for e in head.of_kind("protos"):
-        outputs.append(_physical(by_name[e.name], "protos", e.stride, None, layout))
-    return outputs
 
 
 def combined_family(shape: Sequence[int]) -> str:
@@ -164,7 +70,7 @@ def combined_outputs(info: ModelInfo, tensors: Sequence[TensorLike], normalized:
         )
     ]
     for t in tensors[1:]:
-        outputs.append(_physical(t, "protos", info.imgsz[0] // t.shape[1], None, "nhwc"))
+        outputs.append(physical_output(t, "protos", info.imgsz[0] // t.shape[1], None, "nhwc"))
     return outputs
 
 
@@ -176,8 +82,14 @@ def build_meta(
     *,
     name: str,
     decoder_version: str = "yolov8",
+    nms: str = "class_aware",
+    iou: float = 0.7,
 ) -> ModelMeta:
-    """The complete metadata of a converted artifact (deterministic: no timestamps)."""
+    """The complete metadata of a converted artifact (deterministic: no timestamps).
+
+    ``nms`` (the HAL mode, ``class_aware`` | ``class_agnostic``) and ``iou`` (``validation.iou``)
+    are what the family's models are validated with; edgeq's decoder follows them by default.
+    """
     raw: dict[str, Any] = {
         "schema_version": 2,
         "name": name,
@@ -191,7 +103,7 @@ def build_meta(
             "output_channels": 3,
         },
         "model": {"name": name, "version": info.props.get("version", "")},
-        "validation": {"iou": 0.7, "score": 0.001, "nms": "numpy", "preprocessing": "letterbox", "normalization": "unsigned"},
+        "validation": {"iou": iou, "score": 0.001, "nms": "numpy", "preprocessing": "letterbox", "normalization": "unsigned"},
         "edgeq": {"version": __version__, **provenance},
     }
     return ModelMeta(
@@ -201,7 +113,7 @@ def build_meta(
         input_shape=list(input_tensor.shape),
         input_layout="nhwc",
         outputs=outputs,
-        nms="class_agnostic",
+        nms=nms,
         input_dtype=input_tensor.dtype,
         raw=raw,
     )

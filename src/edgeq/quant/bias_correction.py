@@ -34,7 +34,7 @@ from onnx import numpy_helper
 
 from edgeq.calib.preprocess import to_nchw_float
 from edgeq.calib.ranges import IDENTITY, Transfer, consumer_transfers
-from edgeq.export.tflite.onnx_graph import GraphView
+from edgeq.graph.view import GraphView
 from edgeq.quant.plan import QuantPlan
 from edgeq.quant.simulate import WEIGHT_INPUT, LiveValues, fed_params, opset_of, quantized_weights, sessions
 

@@ -25,8 +25,8 @@ import numpy as np
 import onnx
 
 from edgeq.errors import CalibrationError
-from edgeq.export.tflite.onnx_graph import GraphView
-from edgeq.quant.constraints import Rule, as_dtype, constraint
+from edgeq.graph.view import GraphView
+from edgeq.quant.constraints import Constraints, Rule, as_dtype
 from edgeq.quant.plan import QDType, QParams, QuantPlan, activation_params, symmetric_weight_params
 
 #: A concat input joins the output's parameters only if that widens neither range by more than
@@ -116,16 +116,18 @@ def plan_from_ranges(
     model: onnx.ModelProto,
     ranges: Mapping[str, tuple[float, float]],
     *,
+    constraints: Constraints,
     input_name_params: QParams | None = None,
     int16: Iterable[str] = frozenset(),
     methods: Mapping[str, str] | None = None,
     int8_views: Mapping[str, QParams] | None = None,
 ) -> QuantPlan:
-    """Turn calibrated float ranges into a TFLite-ready INT8 (or 16x8) quantization plan.
+    """Turn calibrated float ranges into an INT8 (or 16x8) quantization plan that meets ``constraints``.
 
     Args:
         model: the float ONNX graph (static shapes, NCHW) the plan is for.
         ranges: ``(lo, hi)`` for every activation (graph inputs and float node outputs).
+        constraints: the target's op constraints (``edgeq.export.<target>``'s table).
         input_name_params: parameters of the graph input(s); default uint8 scale 1/255, zp 0
             (raw 0..255 pixels: the model's ``/255`` is folded into the input quantization).
         int16: activations to quantize as int16 (symmetric, zero point 0: TFLite 16x8).
@@ -135,8 +137,7 @@ def plan_from_ranges(
 
     Returns:
         A plan with per-channel symmetric int8 weights for every Conv/ConvTranspose weight and
-        per-tensor activation parameters satisfying the kernel constraints in
-        :mod:`edgeq.quant.constraints`.
+        per-tensor activation parameters satisfying the target's kernel ``constraints``.
 
     Raises:
         CalibrationError: a range is missing or not finite.
@@ -145,8 +146,8 @@ def plan_from_ranges(
     int16 = set(int16)
     methods = dict(methods or {})
     input_params = input_name_params or DEFAULT_INPUT_PARAMS
-    groups = _initial_groups(g, ranges, int16, input_params)
-    _share(g, groups)
+    groups = _initial_groups(g, ranges, int16, input_params, constraints)
+    _share(g, groups, constraints)
 
     plan = QuantPlan()
     sizes = Counter(groups.root(n) for n in g.activations())
@@ -162,7 +163,7 @@ def plan_from_ranges(
         plan.activations[name] = input_params
         plan.methods[name] = "input"
     for node in g.nodes:
-        c = constraint(node.op_type)
+        c = constraints(node.op_type)
         if c.rule is Rule.FIXED:
             for o in node.output:
                 plan.methods[o] = f"fixed:{node.op_type}"
@@ -170,7 +171,7 @@ def plan_from_ranges(
     plan.notes["planner"] = {
         "max_share_widening": MAX_SHARE_WIDENING,
         "int16_tensors": sorted(int16 & set(plan.activations)),
-        "concat_inputs_requantized": _count_requantized_concat_inputs(g, plan),
+        "concat_inputs_requantized": _count_requantized_concat_inputs(g, plan, constraints),
     }
     return plan
 
@@ -180,7 +181,8 @@ def _dtype(name: str, int16: set[str]) -> QDType:
 
 
 def _initial_groups(
-    g: GraphView, ranges: Mapping[str, tuple[float, float]], int16: set[str], input_params: QParams
+    g: GraphView, ranges: Mapping[str, tuple[float, float]], int16: set[str], input_params: QParams,
+    constraints: Constraints,
 ) -> _SharingGroups:
     groups = _SharingGroups()
     for name in g.activations():
@@ -200,7 +202,7 @@ def _initial_groups(
             raise CalibrationError(f"invalid range ({lo}, {hi}) for tensor {name!r}", "re-run calibration")
         groups.add(name, lo, hi, _dtype(name, int16))
     for node in g.nodes:
-        c = constraint(node.op_type)
+        c = constraints(node.op_type)
         if c.rule is Rule.FIXED:
             for o in node.output:
                 if o:
@@ -208,25 +210,25 @@ def _initial_groups(
     return groups
 
 
-def _data_inputs(g: GraphView, node: onnx.NodeProto) -> list[str]:
+def _data_inputs(g: GraphView, node: onnx.NodeProto, constraints: Constraints) -> list[str]:
     """The activation inputs whose parameters the op's rule constrains."""
-    if constraint(node.op_type).rule is Rule.SAME_AS_INPUT:
+    if constraints(node.op_type).rule is Rule.SAME_AS_INPUT:
         return [node.input[0]] if not g.is_const(node.input[0]) else []
     return [i for i in node.input if i and not g.is_const(i)]
 
 
-def _share(g: GraphView, groups: _SharingGroups) -> None:
+def _share(g: GraphView, groups: _SharingGroups, constraints: Constraints) -> None:
     # Data-movement ops first: their groups are what concats then decide to join.
     for node in g.nodes:
-        if constraint(node.op_type).rule is Rule.SAME_AS_INPUT:
-            for x in _data_inputs(g, node):
+        if constraints(node.op_type).rule is Rule.SAME_AS_INPUT:
+            for x in _data_inputs(g, node, constraints):
                 for o in node.output:
                     if o and groups.can_join(x, o, widening=None):
                         groups.join(x, o)
     for node in g.nodes:
-        if constraint(node.op_type).rule is Rule.SHARED:
+        if constraints(node.op_type).rule is Rule.SHARED:
             out = node.output[0]
-            for x in _data_inputs(g, node):
+            for x in _data_inputs(g, node, constraints):
                 if groups.can_join(x, out):
                     groups.join(out, x)
 
@@ -241,12 +243,12 @@ def _weight_params(g: GraphView) -> dict[str, QParams]:
     return weights
 
 
-def _count_requantized_concat_inputs(g: GraphView, plan: QuantPlan) -> int:
+def _count_requantized_concat_inputs(g: GraphView, plan: QuantPlan, constraints: Constraints) -> int:
     count = 0
     for node in g.nodes:
-        if constraint(node.op_type).rule is Rule.SHARED:
+        if constraints(node.op_type).rule is Rule.SHARED:
             out = plan.activations[node.output[0]]
             count += sum(
-                not as_dtype(plan.activations[x], out.dtype).same_as(out) for x in _data_inputs(g, node)
+                not as_dtype(plan.activations[x], out.dtype).same_as(out) for x in _data_inputs(g, node, constraints)
             )
     return count

@@ -17,9 +17,9 @@ from collections.abc import Mapping
 
 import onnx
 
-from edgeq.calib.collect import activation_names
-from edgeq.export.tflite.onnx_graph import GraphView
-from edgeq.quant.constraints import Rule, constraint
+from edgeq.graph.session import activation_names
+from edgeq.graph.view import GraphView
+from edgeq.quant.constraints import Constraints, Rule
 
 Range = tuple[float, float]
 
@@ -27,24 +27,25 @@ Range = tuple[float, float]
 SAME_DISTRIBUTION = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Resize"})
 
 
-def _derived(node: onnx.NodeProto) -> bool:
-    rule = constraint(node.op_type).rule
+def _derived(node: onnx.NodeProto, constraints: Constraints) -> bool:
+    rule = constraints(node.op_type).rule
     return rule is Rule.FIXED or (rule is Rule.SAME_AS_INPUT and node.op_type in SAME_DISTRIBUTION)
 
 
-def _derived_nodes(g: GraphView) -> list[onnx.NodeProto]:
-    return [n for n in g.nodes if _derived(n)]
+def _derived_nodes(g: GraphView, constraints: Constraints) -> list[onnx.NodeProto]:
+    return [n for n in g.nodes if _derived(n, constraints)]
 
 
-def observed_tensors(model: onnx.ModelProto) -> list[str]:
+def observed_tensors(model: onnx.ModelProto, constraints: Constraints) -> list[str]:
     """The activations calibration must measure: all but those a kernel derives from another."""
     g = GraphView(model)
     outputs = set(g.outputs)
-    derived = {o for n in _derived_nodes(g) for o in n.output if o and o not in outputs}
+    derived = {o for n in _derived_nodes(g, constraints) for o in n.output if o and o not in outputs}
     return [n for n in activation_names(model) if n not in derived]
 
 
-def with_derived_ranges(model: onnx.ModelProto, ranges: Mapping[str, Range]) -> tuple[dict[str, Range], list[str]]:
+def with_derived_ranges(model: onnx.ModelProto, ranges: Mapping[str, Range],
+                        constraints: Constraints) -> tuple[dict[str, Range], list[str]]:
     """``ranges`` completed with the derived tensors' ranges, and the names that were filled in.
 
     A data-movement output gets its input's range (it joins the input's sharing group anyway);
@@ -52,8 +53,8 @@ def with_derived_ranges(model: onnx.ModelProto, ranges: Mapping[str, Range]) -> 
     """
     g = GraphView(model)
     full, filled = dict(ranges), []
-    for node in _derived_nodes(g):  # topological order: an input's range is known first
-        c = constraint(node.op_type)
+    for node in _derived_nodes(g, constraints):  # topological order: an input's range is known first
+        c = constraints(node.op_type)
         for o in node.output:
             if not o or o in full:
                 continue

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgeq.calib.collect import BoundRunner, expose_all, make_session
+from edgeq.graph.session import BoundRunner, expose_all, make_session
 from edgeq.calib.preprocess import to_nchw_float
 from edgeq.quant.plan import symmetric_weight_params
 

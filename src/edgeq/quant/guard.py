@@ -30,7 +30,7 @@ import onnx
 
 from edgeq.calib.ranges import LOGIT_FLOOR
 from edgeq.meta.schema import Output
-from edgeq.quant.observe import ArtifactProbe, FloatProbe
+from edgeq.quant.observe import FloatProbe, TensorProbe
 
 #: Calibration images the guard runs.
 IMAGES = 4
@@ -194,19 +194,17 @@ class _Stats:
         return 10.0 * float(np.log10(max(self.signal, 1e-30) / self.noise))
 
 
-def check_artifact(graph: onnx.ModelProto, buffer: bytes, layouts: Mapping[str, Sequence[int]],
-                   parts: Sequence[Component], images: Sequence[np.ndarray], *, split: str = "smart",
-                   threads: int | None = None) -> GuardReport:
+def check_artifact(graph: onnx.ModelProto, probe: TensorProbe, parts: Sequence[Component],
+                   images: Sequence[np.ndarray], *, split: str = "smart", threads: int | None = None) -> GuardReport:
     """Run the float graph and the artifact on ``images`` and judge every component.
 
     Args:
         graph: the float graph the artifact was written from.
-        buffer / layouts: the TFLite flatbuffer and its ONNX-name -> stored axis order map.
+        probe: the written artifact, readable tensor by tensor (its target's ``probe``).
         parts: output components (see :func:`components`).
         images: letterboxed RGB uint8 HWC images (a few calibration images).
         split: the artifact's split mode, for the suggested fix.
     """
-    probe = ArtifactProbe(buffer, layouts, threads)
     names = [n for n in probe.names() if n not in {i.name for i in graph.graph.input}]
     floats = FloatProbe(graph, names, threads)
     stats = {p.label: _Stats() for p in parts}
@@ -218,9 +216,9 @@ def check_artifact(graph: onnx.ModelProto, buffer: bytes, layouts: Mapping[str, 
             stats[p.label].add(p.take(ref[p.tensor]), p.take(probe.value(p.tensor)), p.take(probe.codes(p.tensor)), p.sigmoid)
         for n in names:
             tensors[n].add(ref[n], probe.value(n))
-    checks = [_judge(p, stats[p.label], probe.tensors[p.tensor].scale, split) for p in parts]
+    checks = [_judge(p, stats[p.label], probe.scale(p.tensor), split) for p in parts]
     outputs = {p.tensor for p in parts}
-    checks.extend(_tensor_check(n, s, probe.tensors[n].scale) for n, s in tensors.items()
+    checks.extend(_tensor_check(n, s, probe.scale(n)) for n, s in tensors.items()
                   if n not in outputs and s.sqnr_db < TENSOR_COLLAPSE_DB)
     return GuardReport(checks, len(images))
 

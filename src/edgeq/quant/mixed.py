@@ -27,7 +27,7 @@ YOLOv8n graph with only its outputs rounded to int8: coco-val-dev 0.4438 against
 ``--int16-budget 5`` on YOLOv8n, outputs first measured +0.11 / -0.16 mAP points against float
 (coco-val-dev / person set), the sensitivity fill alone -0.98 / -0.24. The rest of the budget
 goes to the units whose int8 quantization alone causes the most head-output noise, measured by
-:mod:`edgeq.eval.sensitivity` on a few calibration images. Two greedy fills of the budget are
+:mod:`edgeq.quant.sensitivity` on a few calibration images. Two greedy fills of the budget are
 compared, by noise per (incremental) element and by noise alone; the one removing more predicted
 noise wins.
 """
@@ -42,16 +42,18 @@ import numpy as np
 import onnx
 
 from edgeq.errors import EdgeqError
-from edgeq.export.tflite.onnx_graph import GraphView
-from edgeq.quant.constraints import Rule, constraint
+from edgeq.graph.heads import HeadSpec
+from edgeq.graph.view import GraphView
+from edgeq.quant.constraints import Constraints, Rule
 from edgeq.quant.plan import QParams
+from edgeq.quant.sensitivity import DecodedErrors, FloatActivations, unit_sensitivity
 
 #: Calibration images the sensitivity pass of ``--int16-budget`` runs on (each costs about one
 #: partial float forward pass per candidate layer).
 SENSITIVITY_IMAGES = 2
 
 
-def promotion_units(graph: onnx.ModelProto, params: Mapping[str, QParams]) -> list[list[str]]:
+def promotion_units(graph: onnx.ModelProto, params: Mapping[str, QParams], constraints: Constraints) -> list[list[str]]:
     """Group the activations of ``graph`` that have ``params`` into units (graph order).
 
     Two tensors are in one unit when a data-movement op connects them with identical parameters,
@@ -75,7 +77,7 @@ def promotion_units(graph: onnx.ModelProto, params: Mapping[str, QParams]) -> li
                 parent[max(ra, rb)] = min(ra, rb)
 
     for node in g.nodes:
-        rule = constraint(node.op_type).rule
+        rule = constraints(node.op_type).rule
         if rule is Rule.SAME_AS_INPUT and node.input and not g.is_const(node.input[0]):
             for o in node.output:
                 join(node.input[0], o)
@@ -247,6 +249,25 @@ def expand_names(names: Iterable[str], units: Sequence[Sequence[str]], graph: on
     return [m for u in units for m in u if m in chosen]
 
 
+def check_names(graph: onnx.ModelProto, names: Iterable[str]) -> None:
+    """Fail early (before calibration) on ``--int16`` names that no plan could promote.
+
+    Raises:
+        EdgeqError: a name is not an activation of ``graph``, or is its input.
+    """
+    g = GraphView(graph)
+    acts = set(g.activations())
+    for name in names:
+        if name in g.inputs:
+            raise EdgeqError(f"--int16 {name!r} is the graph input",
+                             "the artifact keeps its uint8 input; promote the layers after it")
+        if name not in acts:
+            close = [m for m in acts if name in m][:3]
+            hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
+            raise EdgeqError(f"--int16 {name!r} is not an activation tensor of the converted graph{hint}",
+                             "run `edgeq analyze` for the tensor names, or `edgeq inspect` on the artifact")
+
+
 def activation_elements(graph: onnx.ModelProto) -> dict[str, int]:
     """Elements of every activation of ``graph`` except its inputs (static shapes)."""
     g = GraphView(graph)
@@ -260,10 +281,12 @@ def mixed_precision(
     graph: onnx.ModelProto,
     params: Mapping[str, QParams],
     *,
+    constraints: Constraints,
     names: Sequence[str] = (),
     budget_percent: float | None = None,
     images: Iterable[np.ndarray] | None = None,
-    head: Any = None,
+    head: HeadSpec | None = None,
+    decoded: DecodedErrors | None = None,
     threads: int | None = None,
 ) -> tuple[list[str], dict[str, Any]]:
     """The activations to make int16 for ``--int16 NAMES`` and/or ``--int16-budget PERCENT``.
@@ -271,24 +294,24 @@ def mixed_precision(
     Args:
         graph: the float graph being converted.
         params: its int8 plan's activation parameters (what the sensitivity pass applies).
+        constraints: the target's op constraints (which tensors share parameters).
         names: explicit tensors (each promotes its closure; counted against the budget).
         budget_percent: share of activation elements that may be int16 (None: explicit only).
         images: letterboxed RGB calibration images for the sensitivity pass (budget only).
-        head: the :class:`~edgeq.graph.heads.HeadSpec` (decoded errors), or None.
+        head: the :class:`~edgeq.graph.heads.HeadSpec`, or None.
+        decoded: the head family's decoded-error measure (None: raw output errors).
         threads: onnxruntime threads.
 
     Returns:
         The int16 tensor names (graph order) and the ``mixed_precision`` provenance record.
     """
-    units = promotion_units(graph, params)
+    units = promotion_units(graph, params, constraints)
     explicit = expand_names(names, units, graph)
     elements = activation_elements(graph)
     total = sum(elements.values())
     chosen = set(explicit)
     record: dict[str, Any] = {"explicit": list(names), "budget_unit": "activation elements"}
     if budget_percent is not None:
-        from edgeq.eval.sensitivity import FloatActivations, unit_sensitivity
-
         budget = budget_percent / 100.0 * total
         heads = output_units(graph, units)
         if sum(elements.get(t, 0) for t in chosen.union(*heads)) <= budget:
@@ -303,7 +326,7 @@ def mixed_precision(
             if sum(elements.get(t, 0) for t in tensors) <= budget:
                 todo.append((u, tensors))
         acts = FloatActivations(graph, images or [], threads)
-        sens = unit_sensitivity(acts, [u for u, _ in todo], params, head=head, threads=threads)
+        sens = unit_sensitivity(acts, [u for u, _ in todo], params, head=head, decoded=decoded, threads=threads)
         cands = [Candidate(tuple(u), s.noise, tuple(t)) for (u, t), s in zip(todo, sens)]
         selection = choose_int16(cands, budget_percent, elements, already=chosen)
         chosen.update(selection.tensors)
@@ -325,6 +348,6 @@ def mixed_precision(
 
 
 __all__ = [
-    "SENSITIVITY_IMAGES", "Candidate", "Selection", "activation_elements", "choose_int16", "closure",
+    "SENSITIVITY_IMAGES", "Candidate", "Selection", "activation_elements", "check_names", "choose_int16", "closure",
     "expand_names", "interface", "mixed_precision", "output_units", "promotable", "promotion_units",
 ]

@@ -1,78 +1,45 @@
-"""Observe a written INT8 TFLite next to its float ONNX graph, tensor by tensor.
+"""Observe an artifact next to its float ONNX graph, tensor by tensor.
 
-The TFLite writer names every tensor that holds an ONNX tensor after it and records its axis
-order (:attr:`edgeq.export.tflite.TFLiteResult.layouts`), so each INT8 tensor can be read back
-(``experimental_preserve_all_tensors``), dequantized, put back into ONNX layout and compared
-with the float graph's value on the same image. Bias correction and the collapse guard build on
-this; nothing here changes a model.
+A target's emitter names every artifact tensor that holds an ONNX tensor after it and records its
+axis order, so a target's :class:`TensorProbe` (``edgeq.export.tflite.probe.ArtifactProbe`` for
+TFLite) can read each one back, dequantized and in ONNX layout, and compare it with the float
+graph's value on the same image (:class:`FloatProbe`). The collapse guard and the analysis build
+on this; nothing here changes a model.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
+from typing import Protocol
 
 import numpy as np
 import onnx
 
-from edgeq.calib.collect import BoundRunner, expose_all, make_session
 from edgeq.calib.preprocess import to_nchw_float
-from edgeq.export.tflite import layout
+from edgeq.graph.session import BoundRunner, expose_all, make_session
 
 
-@dataclass(frozen=True)
-class StoredTensor:
-    """One artifact tensor: where it is and how to read it."""
-
-    index: int
-    scale: float
-    zero_point: int
-    perm: tuple[int, ...]
-
-
-class ArtifactProbe:
-    """Runs a TFLite flatbuffer keeping every intermediate, and reads tensors by ONNX name."""
-
-    def __init__(self, buffer: bytes, layouts: Mapping[str, Sequence[int]], threads: int | None = None) -> None:
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-        # No delegate: a delegated partition would leave its intermediate buffers unfilled.
-        self.interp = Interpreter(
-            model_content=buffer,
-            num_threads=threads,
-            experimental_preserve_all_tensors=True,
-            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-        )
-        self.interp.allocate_tensors()
-        self.input_index = self.interp.get_input_details()[0]["index"]
-        self.tensors = _stored_tensors(self.interp.get_tensor_details(), layouts)
+class TensorProbe(Protocol):
+    """Runs an artifact keeping its intermediates, and reads tensors by ONNX name (ONNX layout)."""
 
     def names(self) -> list[str]:
         """ONNX tensor names readable from the artifact."""
-        return list(self.tensors)
+        ...
 
     def run(self, rgb: np.ndarray) -> None:
-        """Invoke on one letterboxed RGB uint8 HWC image (the artifact takes raw pixels)."""
-        self.interp.set_tensor(self.input_index, np.ascontiguousarray(rgb[None]))
-        self.interp.invoke()
+        """Invoke on one letterboxed RGB uint8 HWC image."""
+        ...
 
     def codes(self, name: str) -> np.ndarray:
-        """The integer codes of ``name`` from the last run, in ONNX layout."""
-        t = self.tensors[name]
-        return self.interp.get_tensor(t.index).transpose(layout.inverse(t.perm))
+        """The integer codes of ``name`` from the last run."""
+        ...
 
     def value(self, name: str) -> np.ndarray:
-        """The dequantized value of ``name`` from the last run, in ONNX layout."""
-        t = self.tensors[name]
-        return (self.codes(name).astype(np.float32) - t.zero_point) * np.float32(t.scale)
+        """The dequantized value of ``name`` from the last run."""
+        ...
 
-
-def _stored_tensors(details: list[dict], layouts: Mapping[str, Sequence[int]]) -> dict[str, StoredTensor]:
-    found = {}
-    for d in details:
-        name, (scale, zp) = d["name"], d["quantization"]
-        if name in layouts and scale > 0 and np.dtype(d["dtype"]).kind in "iu":
-            found[name] = StoredTensor(d["index"], float(scale), int(zp), tuple(layouts[name]))
-    return found
+    def scale(self, name: str) -> float:
+        """The quantization step of ``name``."""
+        ...
 
 
 class FloatProbe:
@@ -99,4 +66,4 @@ def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
     return 10.0 * float(np.log10(max(signal, 1e-30) / noise))
 
 
-__all__ = ["ArtifactProbe", "FloatProbe", "StoredTensor", "sqnr_db"]
+__all__ = ["FloatProbe", "TensorProbe", "sqnr_db"]

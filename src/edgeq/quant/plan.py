@@ -126,7 +126,6 @@ class QuantPlan:
     Attributes:
         activations: ONNX activation tensor name (graph input, intermediate, output) -> params.
         weights: initializer name of a Conv/ConvTranspose weight -> per-channel params.
-        float_tensors: activations deliberately left in float (mixed precision regions).
         int8_views: int16 activation -> the int8 parameters its int8 consumers read it with (the
             asymmetric parameters of its calibrated range). Without them an int16 -> int8
             boundary would use a symmetric int8 range, losing up to a bit on one-sided
@@ -137,7 +136,6 @@ class QuantPlan:
 
     activations: dict[str, QParams] = field(default_factory=dict)
     weights: dict[str, QParams] = field(default_factory=dict)
-    float_tensors: set[str] = field(default_factory=set)
     int8_views: dict[str, QParams] = field(default_factory=dict)
     methods: dict[str, str] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)

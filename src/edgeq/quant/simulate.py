@@ -22,7 +22,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from edgeq.export.tflite.onnx_graph import GraphView
+from edgeq.graph.view import GraphView
 from edgeq.quant.plan import QParams, QuantPlan
 
 #: op type -> index of the weight input whose per-channel INT8 values the kernel uses.

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from edgeq.runtime.artifact import Model, load
-from edgeq.runtime.decode import Decoder
+from edgeq.runtime.decoder import Decoder
 from edgeq.runtime.types import Detections, Predictor
 
 __all__ = ["Decoder", "Detections", "Model", "Predictor", "load"]

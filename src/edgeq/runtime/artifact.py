@@ -16,54 +16,23 @@ Tensors each backend expects and returns:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import cv2
 import numpy as np
 
 from edgeq.calib.preprocess import Letterbox, letterbox, read_image
 from edgeq.errors import ArtifactError
-from edgeq.meta.read import TensorDesc, describe_interpreter, read_meta
+from edgeq.meta.read import TensorDesc, read_meta
 from edgeq.meta.schema import ModelMeta, Output, Quant
-from edgeq.runtime.decode import Decoder
-from edgeq.runtime.masks import process_masks
+from edgeq.export import TARGETS, get_target, target_for_file
+from edgeq.export.base import Backend
+from edgeq.runtime.decoder import Decoder
+from edgeq.decode.masks import process_masks
 from edgeq.runtime.types import Detections
 
 _SCALE_RTOL = 1e-5
-
-
-class Backend(Protocol):
-    """An inference engine holding one loaded model."""
-
-    inputs: list[TensorDesc]
-    outputs: list[TensorDesc]
-
-    def run(self, x: np.ndarray) -> list[np.ndarray]:
-        """Run on one input tensor; outputs in the order of :attr:`outputs`."""
-        ...
-
-
-class TFLiteBackend:
-    """LiteRT interpreter (the default CPU kernels, XNNPACK where applicable)."""
-
-    def __init__(self, path: Path, threads: int | None) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        try:
-            self.interp = Interpreter(model_path=str(path), num_threads=threads)
-            self.interp.allocate_tensors()
-        except (ValueError, RuntimeError) as e:
-            raise ArtifactError(f"LiteRT cannot load {path}: {e}") from None
-        self.inputs, self.outputs = describe_interpreter(self.interp)
-        self._in_index = self.interp.get_input_details()[0]["index"]
-        self._out_index = [d["index"] for d in self.interp.get_output_details()]
-
-    def run(self, x: np.ndarray) -> list[np.ndarray]:
-        self.interp.set_tensor(self._in_index, x)
-        self.interp.invoke()
-        return [self.interp.get_tensor(i) for i in self._out_index]
 
 
 class OnnxBackend:
@@ -180,7 +149,7 @@ class Model:
         meta: the model's metadata.
         backend: the inference engine (``inputs``/``outputs`` describe its tensors).
         binding: metadata physical output name -> index into ``backend.outputs``.
-        decoder: the :class:`~edgeq.runtime.decode.Decoder` built for this model.
+        decoder: the :class:`~edgeq.runtime.decoder.Decoder` built for this model.
         input_hw: model input (height, width).
     """
 
@@ -296,7 +265,8 @@ def _as_bgr(image: np.ndarray) -> np.ndarray:
 
 
 def load(path: str | Path, *, threads: int | None = None, meta: ModelMeta | None = None) -> Model:
-    """Load a ``.tflite`` or ``.onnx`` model and its metadata.
+    """Load an artifact of any registered target (``.tflite``, ...) or a float ``.onnx`` model, and
+    its metadata.
 
     Args:
         path: the model file.
@@ -307,10 +277,12 @@ def load(path: str | Path, *, threads: int | None = None, meta: ModelMeta | None
     if not path.is_file():
         raise ArtifactError(f"model file not found: {path}")
     suffix = path.suffix.lower()
-    if suffix == ".tflite":
-        backend: Backend = TFLiteBackend(path, threads)
+    target = target_for_file(path)
+    if target is not None:
+        backend: Backend = target.backend(path, threads)
     elif suffix == ".onnx":
         backend = OnnxBackend(path, threads)
     else:
-        raise ArtifactError(f"{path}: unknown model type {suffix!r}", "edgeq runs .tflite and .onnx files")
+        known = ", ".join(sorted({get_target(t).suffix for t in TARGETS} | {".onnx"}))
+        raise ArtifactError(f"{path}: unknown model type {suffix!r}", f"edgeq runs {known} files")
     return Model(path, backend, meta if meta is not None else read_meta(path))

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 import tflite
 
-from edgeq.errors import UnsupportedOpError
 from edgeq.export.tflite import layout
 from edgeq.export.tflite.flatbuf import Options, TFLModel, TFLOperator, TFLTensor
-from edgeq.export.tflite.onnx_graph import GraphView
+from edgeq.graph.view import GraphView
 from edgeq.export.tflite.options import quantize as quantize_options
 from edgeq.export.tflite.options import reshape as reshape_options
 from edgeq.export.tflite.options import transpose as transpose_options
-from edgeq.quant.constraints import Rule, as_dtype, constant_params, constraint
+from edgeq.export.tflite.constraints import TFLITE
+from edgeq.quant.constraints import Rule, as_dtype, constant_params
 from edgeq.quant.plan import QDType, QParams, QuantPlan
 
 OP = tflite.BuiltinOperator
@@ -113,11 +113,6 @@ class Converter:
     # -- plan ------------------------------------------------------------------------------------
     def planned(self, name: str) -> QParams:
         """The plan's parameters of activation ``name``."""
-        if name in self.plan.float_tensors:
-            raise UnsupportedOpError(
-                f"the quantization plan leaves tensor {name!r} in float",
-                "the TFLite INT8 writer is fully integer: quantize every tensor, or cut the graph there",
-            )
         return self.plan.activation(name)
 
     def op_dtype(self, name: str) -> QDType:
@@ -174,7 +169,7 @@ class Converter:
         if params.dtype == dtype:
             return self.get(name, perm)
         producer = self.g.producer.get(name)
-        c = constraint(producer.op_type) if producer is not None else None
+        c = TFLITE(producer.op_type) if producer is not None else None
         if c is not None and c.rule is Rule.FIXED:
             return self.get(name, perm, c.fixed_params(dtype))
         view = self.plan.int8_views.get(name) if dtype == "int8" else None

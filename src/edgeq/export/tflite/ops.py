@@ -5,7 +5,7 @@ A handler has two methods: ``check`` (static validation, raising
 and ``emit`` (append TFLite operators through the :class:`~edgeq.export.tflite.builder.Converter`).
 Adding an op means writing one class and adding it to :data:`HANDLERS`.
 
-Quantization rules come from :mod:`edgeq.quant.constraints`: handlers declare the parameters a
+Quantization rules come from :mod:`edgeq.export.tflite.constraints`: handlers declare the parameters a
 kernel naturally produces (fixed for LOGISTIC/SOFTMAX, the input's for data movement) and the
 converter requantizes to the plan where the two differ.
 """
@@ -23,8 +23,9 @@ from edgeq.errors import UnsupportedOpError
 from edgeq.export.tflite import layout
 from edgeq.export.tflite import options as opt
 from edgeq.export.tflite.builder import OP, Converter, transpose_version
-from edgeq.export.tflite.onnx_graph import GraphView
-from edgeq.quant.constraints import Rule, constraint
+from edgeq.graph.view import GraphView
+from edgeq.export.tflite.constraints import TFLITE
+from edgeq.quant.constraints import Rule
 from edgeq.quant.plan import QDType, QParams
 
 _FIX = (
@@ -121,9 +122,9 @@ class OpHandler:
 
     @staticmethod
     def natural(cv: Converter, node: onnx.NodeProto, dtype: QDType = "int8") -> QParams | None:
-        """What the kernel itself outputs, per :mod:`edgeq.quant.constraints`: fixed parameters
+        """What the kernel itself outputs, per :mod:`edgeq.export.tflite.constraints`: fixed parameters
         (LOGISTIC, SOFTMAX), the input's (data movement), or None (free: the plan's)."""
-        c = constraint(node.op_type)
+        c = TFLITE(node.op_type)
         if c.rule is Rule.FIXED:
             return c.fixed_params(dtype)
         if c.rule is Rule.SAME_AS_INPUT:

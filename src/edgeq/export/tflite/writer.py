@@ -11,7 +11,7 @@ from edgeq.errors import UnsupportedOpError
 from edgeq.export.tflite import layout
 from edgeq.export.tflite.builder import Converter, Value
 from edgeq.export.tflite.flatbuf import serialize
-from edgeq.export.tflite.onnx_graph import GraphView
+from edgeq.graph.view import GraphView
 from edgeq.export.tflite.ops import _FIX, HANDLERS
 from edgeq.quant.constraints import as_dtype
 from edgeq.quant.plan import QuantPlan

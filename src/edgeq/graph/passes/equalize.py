@@ -218,7 +218,7 @@ def _spread(r: np.ndarray) -> float:
 
 def channel_ranges(model: onnx.ModelProto, images: list[np.ndarray], tensors: list[str]) -> dict[str, np.ndarray]:
     """Per-channel max |x| of ``tensors`` over float NCHW ``images`` (onnxruntime)."""
-    from edgeq.calib.collect import expose_all, make_session
+    from edgeq.graph.session import expose_all, make_session
 
     if not tensors:
         return {}

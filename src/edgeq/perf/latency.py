@@ -6,7 +6,7 @@ the interpreter/session call, threshold + box decode + NMS, and mask assembly), 
 time of the whole call as ``total``. Warm-up calls are run first and not counted. Percentiles are
 over calls (nearest-rank-free linear interpolation, as ``numpy.percentile``).
 
-    from edgeq.eval.latency import measure_latency
+    from edgeq.perf.latency import measure_latency
     res = measure_latency("yolov8n.tflite", runs=50, threads=2)
     print(res.stages["inference"].median)
 """

@@ -558,7 +558,7 @@ def profile_tflite(
 
 def _default_tensor(path: Path, threads: int | None) -> np.ndarray:
     """The model's own preprocessing of the synthetic benchmark image."""
-    from edgeq.eval.latency import synthetic_image
+    from edgeq.perf.latency import synthetic_image
     from edgeq.runtime import load
 
     with _captured_stderr():

@@ -1,7 +1,7 @@
 """Where an artifact's mAP goes: the float graph with only the artifact's *output* rounding.
 
 :func:`output_rounding_model` rebuilds the float cut graph the artifact was converted from (as
-:func:`edgeq.pipeline.prepare` does, with the artifact's recorded split), runs it in onnxruntime,
+:func:`edgeq.prepare.prepare_as_recorded` rebuilds from the artifact's recorded settings), runs it in onnxruntime,
 and rounds each output with the artifact's own quantization (scale, zero point, dtype), clamping
 to the dtype's range exactly as the integer kernel would. The artifact's metadata then decodes the
 dequantized values. Validated beside the float model and the artifact itself, it splits the
@@ -22,8 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeq.calib.collect import make_session
-from edgeq.config import ConvertConfig
+from edgeq.graph.session import make_session
 from edgeq.errors import ArtifactError
 from edgeq.meta.read import TensorDesc
 from edgeq.meta.schema import Quant
@@ -43,10 +42,9 @@ class OutputRoundingBackend:
     """
 
     def __init__(self, source: str | Path, artifact: Model, threads: int | None = None) -> None:
-        from edgeq.pipeline import prepare
+        from edgeq.prepare import prepare_as_recorded
 
-        split = (artifact.meta.edgeq or {}).get("split") or "smart"
-        prep = prepare(source, ConvertConfig(split=split))  # type: ignore[arg-type]
+        prep = prepare_as_recorded(source, artifact.meta.edgeq or {}, artifact.path)
         self.sess = make_session(prep.graph, threads)
         self._in_name = self.sess.get_inputs()[0].name
         names = [o.name for o in self.sess.get_outputs()]

@@ -1,4 +1,9 @@
-"""Decode raw YOLO head outputs into boxes, scores, classes and mask coefficients.
+"""Decode primitives shared by every head decoder: tensor views, quantized fields, integer-domain
+score thresholds, box math and the candidate records.
+
+The head decoders built on them live with their family (``edgeq.families.yolov8.PerScaleHead``,
+``edgeq.families.yolov5.AnchorHead``) or, for the family-neutral flat layout, in
+:mod:`edgeq.decode.flat`; :class:`edgeq.runtime.decoder.Decoder` picks one from the metadata.
 
 Layouts each path expects (``outputs`` maps the metadata's *physical* output names to arrays):
 
@@ -24,25 +29,25 @@ result equals "dequantize everything, then threshold" while only the candidates 
 dequantized. With per-tensor 8-bit scores and a single label per anchor, the class is also
 picked on the codes (:func:`single_label_codes`), so only one score per candidate is
 dequantized. Anchor-based per-scale heads (``encoding: anchor``, YOLOv5) are decoded by
-``anchor_head.AnchorHead``.
+``edgeq.families.yolov5.AnchorHead``.
 """
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from typing import Protocol
 from dataclasses import dataclass
 
 import numpy as np
 
 from edgeq.errors import ArtifactError
-from edgeq.meta.schema import ModelMeta, Output, Quant
-from edgeq.runtime.nms import nms
+from edgeq.meta.schema import Output, Quant
 
 Arrays = Mapping[str, np.ndarray]
 
 _FEATURE_DIMS = {"num_features", "num_classes", "num_protos", "box_coords", "num_anchors_x_features"}
-_QRANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535)}
+QRANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535)}
 # Float pre-filter margin in the logit domain; the exact test follows on the survivors.
 _LOGIT_MARGIN = 1e-3
 
@@ -124,7 +129,7 @@ class QParams:
 
     def threshold_code(self, real: float) -> np.ndarray:
         """Smallest code whose value can reach ``real`` (conservative by up to one code)."""
-        lo, hi = _QRANGE.get(self.dtype, (-(2**31), 2**31 - 1))
+        lo, hi = QRANGE.get(self.dtype, (-(2**31), 2**31 - 1))
         if real == -math.inf:
             return np.asarray(lo)
         code = np.floor(real / self.scale + self.zero_point)
@@ -162,7 +167,7 @@ class Field:
         return self.quant.dequantize(rows)
 
 
-def _make_field(out: Output, quant: Quant | None, fax: int, cols: slice = slice(None)) -> Field:
+def make_field(out: Output, quant: Quant | None, fax: int, cols: slice = slice(None)) -> Field:
     qp = QParams.from_quant(quant, fax, out.name).columns(cols) if quant is not None else None
     return Field(out.name, fax, cols, qp)
 
@@ -170,13 +175,13 @@ def _make_field(out: Output, quant: Quant | None, fax: int, cols: slice = slice(
 # ----------------------------------------------------------------------------- scores
 
 
-def _activate(x: np.ndarray, activation: str | None) -> np.ndarray:
+def activate(x: np.ndarray, activation: str | None) -> np.ndarray:
     if activation == "sigmoid":
         return 1.0 / (1.0 + np.exp(-x))
     return x
 
 
-def _raw_threshold(conf: float, activation: str | None) -> float:
+def raw_threshold(conf: float, activation: str | None) -> float:
     """``conf`` mapped back through the activation into the raw output domain."""
     if activation != "sigmoid":
         return conf
@@ -196,7 +201,7 @@ def candidate_anchors(field: Field, rows: np.ndarray, conf: float, activation: s
         # Per-tensor: the exact code threshold. The conservative one lets the zero point through
         # at tiny conf (0.001 -> code zp), i.e. almost every anchor of a probability output.
         return np.flatnonzero(rows.max(axis=1) >= _code_threshold(field.quant, conf, activation))
-    raw = _raw_threshold(conf, activation)
+    raw = raw_threshold(conf, activation)
     if field.quant is not None:
         code = field.quant.threshold_code(raw)
         return np.flatnonzero((rows >= code).any(axis=1))
@@ -208,10 +213,10 @@ def _code_table(q: QParams, activation: str | None) -> tuple[int, np.ndarray] | 
     """(lowest code, activated value of every code) of a per-tensor 8-bit field, else None."""
     if q.scale.ndim != 0 or q.dtype not in ("int8", "uint8"):
         return None
-    lo, hi = _QRANGE[q.dtype]
+    lo, hi = QRANGE[q.dtype]
     codes = np.arange(lo, hi + 1).astype(q.dtype)
     # The same dequantize + activate as the float path, so the values are the same numbers.
-    return lo, _activate(q.dequantize(codes), activation)
+    return lo, activate(q.dequantize(codes), activation)
 
 
 @functools.lru_cache(maxsize=64)
@@ -227,13 +232,13 @@ def _exact_code(scale: float, zero_point: float, dtype: str, activation: str | N
         return None
     lo, values = table
     above = np.flatnonzero(values >= conf - 1e-6 * abs(conf))
-    return lo + int(above[0]) if above.size else _QRANGE[dtype][1] + 1
+    return lo + int(above[0]) if above.size else QRANGE[dtype][1] + 1
 
 
 def _code_threshold(q: QParams, conf: float, activation: str | None) -> int | np.ndarray:
     """Code threshold of a per-tensor field: exact for 8-bit codes, else conservative by one."""
     code = _exact_code(float(q.scale), float(q.zero_point), q.dtype, activation, float(conf))
-    return code if code is not None else q.threshold_code(_raw_threshold(conf, activation))
+    return code if code is not None else q.threshold_code(raw_threshold(conf, activation))
 
 
 @functools.lru_cache(maxsize=64)
@@ -275,12 +280,12 @@ def single_label_codes(
     canon = _canonical_codes(*key)
     if canon is not None:
         # Anchors whose best code ties (as a score) with lower codes: pick on canonical codes.
-        lo = _QRANGE[q.dtype][0]
+        lo = QRANGE[q.dtype][0]
         off = best[idx].astype(np.int64) - lo
         tied = np.flatnonzero(canon[off] != off)
         if tied.size:
             cls[tied] = canon[rows[idx[tied]].astype(np.int64) - lo].argmax(axis=1)
-    scores = _activate(q.dequantize(best[idx]), activation)
+    scores = activate(q.dequantize(best[idx]), activation)
     keep = np.flatnonzero(scores > conf)
     return idx[keep], cls[keep], scores[keep]
 
@@ -305,12 +310,12 @@ def _saturated_low(field: Field, activation: str | None) -> float:
     logits at ``logit(1e-4)``, so below that confidence all background would tie with it.
     """
     q = field.quant
-    if q is None or q.scale.ndim != 0 or activation != "sigmoid" or q.dtype not in _QRANGE:
+    if q is None or q.scale.ndim != 0 or activation != "sigmoid" or q.dtype not in QRANGE:
         return -math.inf
-    return float(_activate(q.dequantize(np.asarray(_QRANGE[q.dtype][0])), activation))
+    return float(activate(q.dequantize(np.asarray(QRANGE[q.dtype][0])), activation))
 
 
-def _pick(
+def pick(
     field: Field, rows: np.ndarray, conf: float, activation: str | None, multi_label: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(anchor, class, score) picks above ``conf`` of one score field (integer shortcut first)."""
@@ -319,7 +324,7 @@ def _pick(
     if picks is not None:
         return picks
     idx = candidate_anchors(field, rows, conf, activation)
-    r, cls, s = select_scores(_activate(field.values(rows[idx]), activation), conf, multi_label)
+    r, cls, s = select_scores(activate(field.values(rows[idx]), activation), conf, multi_label)
     return idx[r], cls, s
 
 
@@ -389,7 +394,7 @@ class DecodeResult:
 # ----------------------------------------------------------------------------- heads
 
 
-def _activation_of(logical: Output, child: Output | None = None) -> str | None:
+def activation_of(logical: Output, child: Output | None = None) -> str | None:
     """The activation the decoder must apply (``activation_required``), child over parent."""
     for o in (child, logical):
         if o is not None and o.activation_required:
@@ -397,116 +402,11 @@ def _activation_of(logical: Output, child: Output | None = None) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class Level:
-    """One FPN level of a per-scale head; ``offset`` is its first global anchor index."""
-
-    stride: tuple[float, float]
-    height: int
-    width: int
-    offset: int
-    boxes: Field
-    scores: Field
-    coefs: Field | None
-    activation: str | None
-
-
-# Box encodings of per-scale heads: (real box features of anchors ``idx``, idx, level) -> xyxy px.
-# An anchor-based encoding (YOLOv5 per-scale, ``encoding: anchor``) plugs in here once Level
-# carries its anchors and rows are split per anchor (H*W*na rows of 5+nc features).
-BoxDecoder = Callable[[np.ndarray, np.ndarray, Level], np.ndarray]
-_BOX_DECODERS: dict[str, BoxDecoder] = {
-    "dfl": lambda v, idx, lv: dist2bbox(dfl_distances(v), idx, lv.width, lv.stride),
-    "ltrb": lambda v, idx, lv: dist2bbox(v, idx, lv.width, lv.stride),  # YOLO26: grid-unit distances
-}
-
-
-class PerScaleHead:
-    """Per-scale DFL/ltrb head: threshold each level's class scores, decode boxes of candidates only."""
-
-    def __init__(self, meta: ModelMeta, quant: Mapping[str, Quant | None]) -> None:
-        boxes, scores = meta.output("boxes"), meta.output("scores")
-        if boxes is None or scores is None:
-            raise ArtifactError("per-scale metadata needs logical 'boxes' and 'scores' outputs")
-        self.encoding = (boxes.encoding or "dfl").lower()
-        if self.encoding not in _BOX_DECODERS:
-            raise ArtifactError(
-                f"per-scale box encoding {self.encoding!r} is not supported (dfl, ltrb are)",
-                "export the model with a DFL head, or use a combined 'detection' output",
-            )
-        coefs = meta.output("mask_coefs")
-        self.levels: list[Level] = []
-        offset = 0
-        for b_out, s_out, c_out in _pair_levels(boxes, scores, coefs):
-            level = _build_level(meta, quant, offset, (b_out, s_out, c_out), _activation_of(scores, s_out))
-            self.levels.append(level)
-            offset += level.height * level.width
-        self.num_anchors = offset
-        self.has_coefs = coefs is not None and all(lv.coefs is not None for lv in self.levels)
-
-    def candidates(self, outputs: Arrays, conf: float, multi_label: bool) -> Candidates:
-        parts = []
-        decode_boxes = _BOX_DECODERS[self.encoding]
-        for level in self.levels:
-            anchors, cls, s = _pick(level.scores, level.scores.rows(outputs), conf, level.activation, multi_label)
-            if anchors.size == 0:
-                continue
-            # Multi-label repeats anchors: decode each box once.
-            uniq, inv = np.unique(anchors, return_inverse=True) if multi_label else (anchors, None)
-            xyxy = decode_boxes(level.boxes.values(level.boxes.rows(outputs)[uniq]), uniq, level)
-            boxes = xyxy if inv is None else xyxy[inv]
-            parts.append(Candidates(boxes, s.astype(np.float32), cls, anchors + level.offset))
-        return Candidates.concat(parts)
-
-    def coefs(self, outputs: Arrays, rows: np.ndarray) -> np.ndarray | None:
-        if not self.has_coefs:
-            return None
-        out = None
-        for level in self.levels:
-            assert level.coefs is not None
-            sel = np.flatnonzero((rows >= level.offset) & (rows < level.offset + level.height * level.width))
-            if sel.size == 0:
-                continue
-            crow = level.coefs.rows(outputs)
-            vals = level.coefs.values(crow[rows[sel] - level.offset])
-            if out is None:
-                out = np.zeros((rows.shape[0], vals.shape[1]), np.float32)
-            out[sel] = vals
-        return out if out is not None else np.zeros((0, 0), np.float32)
-
-
-def _build_level(
-    meta: ModelMeta,
-    quant: Mapping[str, Quant | None],
-    offset: int,
-    children: tuple[Output, Output, Output | None],
-    activation: str | None,
-) -> Level:
-    """Bind one level's boxes/scores/coefs children (layout from dshape or the stride's grid)."""
-    b_out, s_out, c_out = children
-    in_h, in_w = meta.imgsz
-    stride = _stride_of(b_out)
-    grid = (round(in_h / stride[1]), round(in_w / stride[0]))
-    bfax = feature_axis(b_out, None, grid)
-    h, w = grid_of(b_out, bfax)
-    nc = len(meta.labels) or None
-    return Level(
-        stride=stride,
-        height=h,
-        width=w,
-        offset=offset,
-        boxes=_make_field(b_out, _q(quant, b_out), bfax),
-        scores=_make_field(s_out, _q(quant, s_out), feature_axis(s_out, nc, grid)),
-        coefs=None if c_out is None else _make_field(c_out, _q(quant, c_out), feature_axis(c_out, None, grid)),
-        activation=activation,
-    )
-
-
-def _q(quant: Mapping[str, Quant | None], out: Output) -> Quant | None:
+def quant_of(quant: Mapping[str, Quant | None], out: Output) -> Quant | None:
     return quant.get(out.name, out.quantization)
 
 
-def _stride_of(out: Output) -> tuple[float, float]:
+def stride_of(out: Output) -> tuple[float, float]:
     """(sx, sy) of a per-scale child."""
     if out.stride is None:
         raise ArtifactError(f"per-scale output {out.name!r} has no stride in the metadata")
@@ -515,203 +415,21 @@ def _stride_of(out: Output) -> tuple[float, float]:
     return float(out.stride), float(out.stride)
 
 
-def _pair_levels(boxes: Output, scores: Output, coefs: Output | None) -> list[tuple[Output, Output, Output | None]]:
-    """Group per-scale children by stride (ascending): (boxes_i, scores_i, mask_coefs_i)."""
-
-    def key(o: Output) -> float:
-        s = o.stride if not isinstance(o.stride, (list, tuple)) else o.stride[0]
-        if s is None:
-            raise ArtifactError(f"per-scale output {o.name!r} has no stride in the metadata")
-        return float(s)
-
-    by = {k: {key(c): c for c in o.children} for k, o in (("b", boxes), ("s", scores))}
-    by["c"] = {key(c): c for c in coefs.children} if coefs is not None else {}
-    if set(by["b"]) != set(by["s"]) or (coefs is not None and set(by["c"]) != set(by["b"])):
-        raise ArtifactError(
-            "per-scale boxes/scores/mask_coefs children do not have the same strides",
-            "fix the outputs[] section of edgefirst.json",
-        )
-    return [(by["b"][s], by["s"][s], by["c"].get(s)) for s in sorted(by["b"])]
-
-
-class FlatHead:
-    """Flat head: every anchor's boxes, (objectness,) class scores and coefficients in N rows."""
-
-    def __init__(self, meta: ModelMeta, quant: Mapping[str, Quant | None]) -> None:
-        in_h, in_w = meta.imgsz
-        self.size = np.array([in_w, in_h, in_w, in_h], np.float32)
-        protos = meta.output("protos")
-        nm = _num_protos(protos) if protos is not None else 0
-        det = meta.output("detection")
-        self.score_format = "per_class"
-        self.obj: Field | None = None
-        self.obj_activation: str | None = None
-        if det is not None:
-            self._init_combined(meta, det, nm, quant)
-        else:
-            self._init_split(meta, quant)
-        self.normalized = self._normalized_flag()
-
-    def _init_combined(self, meta: ModelMeta, det: Output, nm: int, quant: Mapping[str, Quant | None]) -> None:
-        if det.children:
-            raise ArtifactError(f"'detection' output {det.name!r} with children is not supported")
-        self.score_format = det.score_format or ("obj_x_class" if meta.decoder_version == "yolov5" else "per_class")
-        n_obj = 1 if self.score_format == "obj_x_class" else 0
-        nc = len(meta.labels)
-        fax = feature_axis(det, 4 + n_obj + nc + nm if nc else None)
-        nf = int(det.shape[fax])
-        nc = nc or nf - 4 - n_obj - nm
-        if 4 + n_obj + nc + nm != nf:
-            raise ArtifactError(
-                f"output {det.name!r} has {nf} features; expected 4 box + {n_obj} objectness + {nc} classes"
-                f" + {nm} mask coefficients = {4 + n_obj + nc + nm}",
-                "check the labels and the protos output in the metadata",
-            )
-        q = _q(quant, det)
-        self.det_out = det
-        self.boxes = _make_field(det, q, fax, slice(0, 4))
-        if n_obj:
-            self.obj = _make_field(det, q, fax, slice(4, 5))
-            self.obj_activation = _activation_of(det)
-        self.scores = _make_field(det, q, fax, slice(4 + n_obj, 4 + n_obj + nc))
-        self.activation = _activation_of(det)
-        self.coef_field = _make_field(det, q, fax, slice(4 + n_obj + nc, nf)) if nm else None
-
-    def _init_split(self, meta: ModelMeta, quant: Mapping[str, Quant | None]) -> None:
-        boxes, scores = meta.output("boxes"), meta.output("scores")
-        if boxes is None or scores is None:
-            raise ArtifactError(
-                "the metadata has neither a 'detection' output nor 'boxes' + 'scores' outputs",
-                "describe the model outputs in edgefirst.json (outputs[])",
-            )
-        b, s = boxes.physical[0], scores.physical[0]
-        self.det_out = boxes
-        self.boxes = _make_field(b, _q(quant, b), feature_axis(b, 4))
-        nc = len(meta.labels) or None
-        self.scores = _make_field(s, _q(quant, s), feature_axis(s, nc))
-        self.activation = _activation_of(scores, s)
-        obj = meta.output("objectness")
-        if obj is not None:
-            o = obj.physical[0]
-            self.score_format = "obj_x_class"
-            self.obj = _make_field(o, _q(quant, o), feature_axis(o, 1))
-            self.obj_activation = _activation_of(obj, o)
-        coefs = meta.output("mask_coefs")
-        self.coef_field = None
-        if coefs is not None:
-            c = coefs.physical[0]
-            self.coef_field = _make_field(c, _q(quant, c), feature_axis(c, _num_protos(meta.output("protos"))))
-
-    def _normalized_flag(self) -> bool | None:
-        flag = self.det_out.normalized
-        if flag is None and self.boxes.quant is not None:
-            # Infer from the representable range: codes cannot exceed ~1 => normalized boxes.
-            q = self.boxes.quant
-            lo, hi = _QRANGE.get(q.dtype, (-128, 127))
-            flag = bool(np.max(q.scale * (hi - q.zero_point)) <= 2.0)
-        return flag
-
-    def _obj_x_class(self, outputs: Arrays, conf: float, multi_label: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(anchor, class, obj x cls score) picks of an ``obj_x_class`` head."""
-        assert self.obj is not None
-        # cls <= 1, so obj > conf is necessary (the YOLOv5 pre-filter).
-        orows = self.obj.rows(outputs)
-        idx = candidate_anchors(self.obj, orows, conf, self.obj_activation)
-        obj = _activate(self.obj.values(orows[idx]), self.obj_activation)
-        cls = _activate(self.scores.values(self.scores.rows(outputs)[idx]), self.activation)
-        r, c, s = select_scores(obj * cls, conf, multi_label)
-        return idx[r], c, s
-
-    def candidates(self, outputs: Arrays, conf: float, multi_label: bool) -> Candidates:
-        if self.obj is not None:
-            anchors, cls, s = self._obj_x_class(outputs, conf, multi_label)
-        else:
-            anchors, cls, s = _pick(self.scores, self.scores.rows(outputs), conf, self.activation, multi_label)
-        b = self.boxes.values(self.boxes.rows(outputs)[anchors])
-        normalized = self.normalized
-        if normalized is None:  # float output without a declaration: the HAL's "infer" rule
-            normalized = bool(b.size) and float(np.abs(b).max()) <= 2.0
-        xyxy = xywh2xyxy(b)
-        if normalized:
-            xyxy *= self.size
-        return Candidates(xyxy, s.astype(np.float32), cls, anchors)
-
-    def coefs(self, outputs: Arrays, rows: np.ndarray) -> np.ndarray | None:
-        if self.coef_field is None:
-            return None
-        return self.coef_field.values(self.coef_field.rows(outputs)[rows])
-
-
-def _num_protos(protos: Output | None) -> int:
+def num_protos(protos: Output | None) -> int:
     if protos is None:
         return 0
     return int(protos.shape[feature_axis(protos, 32)])
 
 
-# ----------------------------------------------------------------------------- decoder
+class HeadDecoder(Protocol):
+    """What every head decoder offers: pre-NMS candidates and the mask coefficients of chosen rows."""
 
+    has_coefs: bool
 
-def is_per_scale(meta: ModelMeta) -> bool:
-    """True when the metadata describes a per-scale (smart) head."""
-    boxes = meta.output("boxes")
-    return boxes is not None and any(c.stride is not None for c in boxes.children)
+    def candidates(self, outputs: Arrays, conf: float, multi_label: bool) -> Candidates:
+        """Candidates above ``conf`` in model-input pixels."""
+        ...
 
-
-class Decoder:
-    """Decodes one artifact's raw outputs; built once per model from its metadata.
-
-    Args:
-        meta: the model metadata.
-        quant: per physical output name, the quantization to use (e.g. read from the runtime
-            tensor); names missing here fall back to the metadata's own ``quantization``.
-    """
-
-    def __init__(self, meta: ModelMeta, quant: Mapping[str, Quant | None] | None = None) -> None:
-        quant = dict(quant or {})
-        self.meta = meta
-        from edgeq.runtime.anchor_head import AnchorHead, is_anchor_head  # imports this module
-
-        self.head: PerScaleHead | FlatHead | AnchorHead
-        if is_anchor_head(meta):  # before per-scale: split YOLOv5 heads also have a per-scale 'boxes'
-            self.head = AnchorHead(meta, quant)
-        elif is_per_scale(meta):
-            self.head = PerScaleHead(meta, quant)
-        else:
-            self.head = FlatHead(meta, quant)
-        protos = meta.output("protos")
-        self.protos_out = protos
-        self.protos_quant = _q(quant, protos) if protos is not None else None
-
-    @property
-    def segments(self) -> bool:
-        """Whether the head produces mask coefficients and protos."""
-        coef = self.head.coef_field is not None if isinstance(self.head, FlatHead) else self.head.has_coefs
-        return coef and self.protos_out is not None
-
-    def decode(
-        self,
-        outputs: Arrays,
-        conf: float = 0.25,
-        iou: float = 0.7,
-        max_det: int = 300,
-        multi_label: bool = False,
-        agnostic: bool = False,
-    ) -> DecodeResult:
-        """Threshold, decode candidates, NMS; boxes in model-input pixels, best first."""
-        cand = self.head.candidates(outputs, conf, multi_label)
-        keep = nms(cand.boxes, cand.scores, iou, max_det, None if agnostic else cand.class_ids)
-        kept = cand.take(keep)
-        coefs = self.head.coefs(outputs, kept.rows) if self.segments else None
-        return DecodeResult(kept.boxes, kept.scores, kept.class_ids, coefs, num_candidates=int(cand.scores.shape[0]))
-
-    def protos(self, outputs: Arrays) -> np.ndarray | None:
-        """The dequantized prototype masks as (Hp, Wp, nm) float32, or None."""
-        if self.protos_out is None:
-            return None
-        out = self.protos_out
-        fax = feature_axis(out, 32)
-        arr = np.moveaxis(outputs[out.name], fax, -1)[0]
-        if self.protos_quant is None:
-            return np.ascontiguousarray(arr, np.float32)
-        qp = QParams.from_quant(self.protos_quant, fax, out.name)
-        return qp.dequantize(np.ascontiguousarray(arr))
+    def coefs(self, outputs: Arrays, rows: np.ndarray) -> np.ndarray | None:
+        """Mask coefficients of the global anchor ``rows`` (None without a mask branch)."""
+        ...

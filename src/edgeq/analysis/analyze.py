@@ -10,7 +10,7 @@ Two measurements on the same letterboxed images:
 2. **Sensitivity, per layer.** One unit at a time (a tensor plus any tensors sharing its
    parameters) is quantized with the artifact's own scale and zero point inside the float graph,
    everything else in float; the head-output error this causes is that layer's own cost (see
-   :mod:`edgeq.eval.sensitivity`). Noise powers of independent layers add, so each layer's share
+   :mod:`edgeq.quant.sensitivity`). Noise powers of independent layers add, so each layer's share
    of the sum says how much of the total INT8 loss it explains, and what promoting it to int16
    (whose noise is 256 times smaller in amplitude) would win back.
 
@@ -32,14 +32,15 @@ import numpy as np
 
 from edgeq.calib.dataset import calibration_set
 from edgeq.errors import ArtifactError
-from edgeq.eval.sensitivity import (
+from edgeq.quant.sensitivity import (
+    DecodedErrors,
     ErrorAccumulator,
     FloatActivations,
     HeadError,
     sqnr_db,
     unit_sensitivity,
 )
-from edgeq.quant.constraints import Rule, constraint
+from edgeq.quant.constraints import Constraints, Rule
 from edgeq.quant.mixed import activation_elements, closure, interface, promotion_units
 from edgeq.quant.plan import QParams
 
@@ -333,35 +334,36 @@ def analyze(
         threads: onnxruntime threads.
         progress: ``progress(label, total)`` returns a per-step callback (for progress bars).
     """
-    from edgeq.config import ConvertConfig
+    from edgeq.export import get_target
+    from edgeq.families import get_family
     from edgeq.meta.read import read_meta
-    from edgeq.pipeline import prepare
+    from edgeq.prepare import prepare_as_recorded
 
     meta = read_meta(artifact_path)
     prov = meta.edgeq
-    split = prov.get("split") or "smart"
-    if split not in ("smart", "combined"):
-        raise ArtifactError(f"{artifact_path}: unknown split {split!r} in its edgeq provenance")
     notes = []
     if not prov:
         notes.append("the artifact has no edgeq provenance; assumed split=smart")
-    prep = prepare(model_path, ConvertConfig(split=split))  # type: ignore[arg-type]
+    prep = prepare_as_recorded(model_path, prov, artifact_path)
+    split = "combined" if prep.head is None else "smart"
+    constraints = get_target(prov.get("target") or "tflite").constraints
+    decoded = get_family(prep.head.family).decoded_errors if prep.head is not None else None
     imgsz = prep.loaded.info.imgsz
     image_set = calibration_set(images, count=count)
     rgbs = list(image_set.images(imgsz))
     acts = FloatActivations(prep.graph, rgbs, threads)
     interp = open_interpreter(artifact_path)
     params = artifact_params(interp)
-    tensors, art_err = _compare(acts, interp, rgbs, prep.head)
+    tensors, art_err = _compare(acts, interp, rgbs, prep.head, constraints, decoded)
     missing_outputs = [o for o in acts.outputs if o not in params]
     if missing_outputs:
         notes.append(f"graph outputs not found by name in the artifact: {missing_outputs}")
     layers: list[LayerRow] = []
     if sensitivity:
-        all_units = promotion_units(prep.graph, params)
+        all_units = promotion_units(prep.graph, params, constraints)
         units = [u for u in all_units if acts.input_name not in u]
         step = progress("sensitivity", len(units)) if progress else None
-        sens = unit_sensitivity(acts, units, params, head=prep.head, threads=threads, progress=step)
+        sens = unit_sensitivity(acts, units, params, head=prep.head, decoded=decoded, threads=threads, progress=step)
         total = sum(s.noise for s in sens) or 1.0
         ranked = sorted(sens, key=lambda s: (-s.noise, s.name))
         sizes, keep = activation_elements(prep.graph), interface(prep.graph)
@@ -418,7 +420,8 @@ def score_resolution(acts: FloatActivations, params: dict[str, QParams], head: A
     return rows
 
 
-def _compare(acts: FloatActivations, interp: Any, rgbs: Sequence[np.ndarray], head: Any) -> tuple[list[TensorRow], dict[str, Any]]:
+def _compare(acts: FloatActivations, interp: Any, rgbs: Sequence[np.ndarray], head: Any, constraints: Constraints,
+             decoded: DecodedErrors | None) -> tuple[list[TensorRow], dict[str, Any]]:
     """Per-tensor SQNR/cosine and the head error of the artifact against float."""
     details = {}
     for d in interp.get_tensor_details():
@@ -427,7 +430,7 @@ def _compare(acts: FloatActivations, interp: Any, rgbs: Sequence[np.ndarray], he
     order = {n: i for i, n in enumerate(acts.names)}
     op_of = {o: n.op_type for n in acts.graph.graph.node for o in n.output}
     # fixed-range outputs (Sigmoid's [0, 1)) saturate by design: not counted as clipping
-    fixed = {n: constraint(op_of.get(n, "")).rule is Rule.FIXED for n in details}
+    fixed = {n: constraints(op_of.get(n, "")).rule is Rule.FIXED for n in details}
     sums: dict[str, list[float]] = {n: [0.0, 0.0, 0.0, 0.0, 0.0] for n in details}  # |x-f|^2, |f|^2, x.f, |x|^2, clipped
     perms: dict[str, tuple[int, ...] | None] = {}
     head_acc = ErrorAccumulator()
@@ -452,7 +455,7 @@ def _compare(acts: FloatActivations, interp: Any, rgbs: Sequence[np.ndarray], he
             s[3] += float(np.sum(x * x))
             if not fixed.get(name, False):
                 s[4] += _clipped(f, d)
-        head_acc.add(acts.head(i), _artifact_head(interp, acts.outputs, shapes), head)
+        head_acc.add(acts.head(i), _artifact_head(interp, acts.outputs, shapes), head, decoded)
     rows = []
     counts = {n: sum(acts.images[i][n].size for i in range(len(rgbs))) for n in details}
     for name, (noise, signal, dot, qq, clipped) in sums.items():

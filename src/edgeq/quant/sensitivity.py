@@ -36,12 +36,16 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from edgeq.calib.collect import activation_names, expose_all, make_session
+from edgeq.graph.session import activation_names, expose_all, make_session
 from edgeq.calib.preprocess import to_nchw_float
 from edgeq.calib.ranges import LOGIT_FLOOR
-from edgeq.graph.heads import Endpoint, HeadSpec
+from edgeq.graph.heads import HeadSpec
 from edgeq.quant.constraints import as_dtype
 from edgeq.quant.plan import QParams
+
+#: A head family's decoded-error measure: (float outputs, test outputs, head) -> (kind, noise,
+#: signal) per decoded kind (``edgeq.families.HeadFamily.decoded_errors``).
+DecodedErrors = Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray], HeadSpec], Iterable[tuple[str, float, float]]]
 
 #: Numerical floor for relative noise (SQNR is capped at 200 dB).
 _TINY = 1e-20
@@ -70,7 +74,8 @@ class ErrorAccumulator:
         acc[0] += noise
         acc[1] += signal
 
-    def add(self, ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray], head: HeadSpec | None) -> None:
+    def add(self, ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray], head: HeadSpec | None,
+            decoded: DecodedErrors | None = None) -> None:
         """Accumulate one image's error of ``test`` against ``ref`` (both: output name -> NCHW).
 
         Score logits count from :data:`LOGIT_FLOOR` up: below it nothing is a detection, and
@@ -83,9 +88,8 @@ class ErrorAccumulator:
                 f, q = np.maximum(f, LOGIT_FLOOR), np.maximum(q, LOGIT_FLOOR)
             d = q - f
             self._add(self.raw, name, float(np.sum(d * d)), float(np.sum(f * f)))
-        decode = None if head is None else _DECODED_ERRORS.get(head.family)
-        if decode is not None and head.of_kind("scores") and head.of_kind("boxes"):
-            for kind, noise, signal in decode(ref, test, head):
+        if head is not None and decoded is not None:
+            for kind, noise, signal in decoded(ref, test, head):
                 self._add(self.decoded, kind, noise, signal)
 
     def result(self) -> HeadError:
@@ -127,82 +131,6 @@ class HeadError:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
-
-
-def _dfl_distances(x: np.ndarray, reg_max: int) -> np.ndarray:
-    """(1, 4*R, H, W) DFL logits -> (4, H, W) expected distances in grid cells."""
-    h, w = x.shape[2:]
-    x = x.reshape(4, reg_max, h, w).astype(np.float64)
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    p = e / e.sum(axis=1, keepdims=True)
-    return np.einsum("arhw,r->ahw", p, np.arange(reg_max, dtype=np.float64))
-
-
-def _decoded_errors(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray], head: HeadSpec) -> Iterable[tuple[str, float, float]]:
-    """(kind, noise, signal) per decoded output, summed over the levels of one image."""
-    weights: dict[int | None, np.ndarray] = {}
-    for e in head.of_kind("scores"):
-        pf = _sigmoid(ref[e.name].astype(np.float64))
-        pq = _sigmoid(test.get(e.name, ref[e.name]).astype(np.float64))
-        weights[e.scale_index] = pf.max(axis=1)[0]  # (H, W): float top score per anchor
-        yield "scores", float(np.sum((pq - pf) ** 2)), float(np.sum(pf * pf))
-    for e in head.of_kind("boxes"):
-        if e.name not in ref or head.reg_max <= 1:
-            continue
-        df = _dfl_distances(ref[e.name], head.reg_max)
-        dq = _dfl_distances(test.get(e.name, ref[e.name]), head.reg_max)
-        w = weights.get(e.scale_index, 1.0)
-        yield "boxes", float(np.sum(w * (dq - df) ** 2)), float(np.sum(w * df * df))
-    for e in head.of_kind("mask_coefs"):
-        f = ref[e.name][0].astype(np.float64)
-        q = test.get(e.name, ref[e.name])[0].astype(np.float64)
-        w = weights.get(e.scale_index, 1.0)
-        yield "mask_coefs", float(np.sum(w * (q - f) ** 2)), float(np.sum(w * f * f))
-    for e in head.of_kind("protos"):
-        f = ref[e.name].astype(np.float64)
-        q = test.get(e.name, ref[e.name]).astype(np.float64)
-        yield "protos", float(np.sum((q - f) ** 2)), float(np.sum(f * f))
-
-
-def _per_anchor(x: np.ndarray, na: int) -> np.ndarray:
-    """(1, na*F, H, W) anchor-major channels -> (na, F, H, W) float64."""
-    v = x[0].astype(np.float64)
-    return v.reshape(na, -1, *v.shape[1:])
-
-
-def _anchor_xywh(t: np.ndarray, stride: float, wh: np.ndarray | float) -> np.ndarray:
-    """YOLOv5 box logits (na, 4, H, W) -> pixel offsets/sizes: (2 sig - 0.5) * stride, (2 sig)^2 * anchor."""
-    sig = _sigmoid(t)
-    return np.concatenate([(2 * sig[:, :2] - 0.5) * stride, (2 * sig[:, 2:4]) ** 2 * wh], axis=1)
-
-
-def _decoded_anchor_errors(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray], head: HeadSpec) -> Iterable[tuple[str, float, float]]:
-    """YOLOv5 per-level heads: obj x class scores, and pixel xywh weighted by the float top score.
-
-    Channels are anchor-major (``boxes_i`` a*4+k, ``objectness_i`` a, ``scores_i`` a*nc+c).
-    """
-    levels: dict[int, dict[str, Endpoint]] = {}
-    for e in head.endpoints:
-        if e.scale_index is not None:
-            levels.setdefault(e.scale_index, {})[e.kind] = e
-    for i, parts in sorted(levels.items()):
-        if not {"boxes", "objectness", "scores"} <= set(parts):
-            continue
-        na = len(head.anchors[i]) if head.anchors else parts["objectness"].shape[1]
-        box, obj, cls = (parts[k].name for k in ("boxes", "objectness", "scores"))
-        sf = _sigmoid(_per_anchor(ref[obj], na)) * _sigmoid(_per_anchor(ref[cls], na))
-        sq = _sigmoid(_per_anchor(test.get(obj, ref[obj]), na)) * _sigmoid(_per_anchor(test.get(cls, ref[cls]), na))
-        yield "scores", float(np.sum((sq - sf) ** 2)), float(np.sum(sf * sf))
-        stride = float(head.strides[i])
-        wh = np.asarray(head.anchors[i], np.float64).reshape(na, 2, 1, 1) if head.anchors else stride
-        bf = _anchor_xywh(_per_anchor(ref[box], na), stride, wh)
-        bq = _anchor_xywh(_per_anchor(test.get(box, ref[box]), na), stride, wh)
-        w = sf.max(axis=1, keepdims=True)  # (na, 1, H, W): float top score per anchor
-        yield "boxes", float(np.sum(w * (bq - bf) ** 2)), float(np.sum(w * bf * bf))
-
-
-#: Decoded-error measure per head family.
-_DECODED_ERRORS = {"yolov8": _decoded_errors, "yolov5": _decoded_anchor_errors}
 
 
 # ----------------------------------------------------------------------------- float activations
@@ -369,6 +297,7 @@ def unit_sensitivity(
     params: Mapping[str, QParams],
     *,
     head: HeadSpec | None = None,
+    decoded: DecodedErrors | None = None,
     threads: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[UnitSensitivity]:
@@ -380,7 +309,8 @@ def unit_sensitivity(
         units: tensor-name groups; each is quantized together (members missing from ``params``
             or from the cache are left in float).
         params: the quantization parameters to apply (a plan's, or an artifact's own).
-        head: the head spec, for decoded errors (None: raw output errors only).
+        head: the head spec (None: raw output errors only).
+        decoded: the head family's decoded-error measure (None: raw output errors only).
         threads: onnxruntime threads.
         progress: called with 1 after each unit.
 
@@ -403,10 +333,10 @@ def unit_sensitivity(
                 if session is not None:
                     feed = {(f"{f}__float" if f in members else f): values[f] for f in feeds}
                     test.update(zip(outputs, session.run(outputs, feed)))
-                acc.add(ref, test, head)
+                acc.add(ref, test, head, decoded)
         elif acts.images:
             for i in range(len(acts)):
-                acc.add(acts.head(i), acts.head(i), head)
+                acc.add(acts.head(i), acts.head(i), head, decoded)
         first = unit[0]
         elements = sum(acts.elements(m) for m in members)
         results.append(UnitSensitivity(first, tuple(unit), elements, op_of.get(first, "input"), acc.result()))
@@ -420,15 +350,17 @@ def all_quantized_error(
     params: Mapping[str, QParams],
     *,
     head: HeadSpec | None = None,
+    decoded: DecodedErrors | None = None,
     threads: int | None = None,
 ) -> HeadError:
     """The head error with every tensor in ``params`` fake-quantized at once (QDQ model in
     onnxruntime): the float-graph estimate of the whole INT8 model's activation error."""
     members = [n for n in acts.names if n in params and acts.images and n in acts.images[0]]
-    return unit_sensitivity(acts, [members], params, head=head, threads=threads)[0].error
+    return unit_sensitivity(acts, [members], params, head=head, decoded=decoded, threads=threads)[0].error
 
 
 __all__ = [
+    "DecodedErrors",
     "ErrorAccumulator",
     "FloatActivations",
     "HeadError",

@@ -1,0 +1,1 @@
+"""Family- and target-neutral decode primitives: quantized fields, thresholds, NMS, masks."""

@@ -1,0 +1,77 @@
+"""``Decoder``: one artifact's raw outputs -> detections, as its metadata describes them.
+
+The head decoder comes from the family that reads the metadata (:func:`edgeq.families.head_decoder`;
+the family-neutral flat layout otherwise); thresholds, NMS (in the mode the file declares) and the
+protos are handled here. Quantized tensors are thresholded in the integer domain
+(:mod:`edgeq.decode.fields`).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from edgeq.decode.fields import Arrays, DecodeResult, HeadDecoder, QParams, feature_axis, quant_of
+from edgeq.decode.nms import nms
+from edgeq.families import head_decoder
+from edgeq.meta.schema import ModelMeta, Quant
+
+
+class Decoder:
+    """Decodes one artifact's raw outputs; built once per model from its metadata.
+
+    Args:
+        meta: the model metadata.
+        quant: per physical output name, the quantization to use (e.g. read from the runtime
+            tensor); names missing here fall back to the metadata's own ``quantization``.
+    """
+
+    def __init__(self, meta: ModelMeta, quant: Mapping[str, Quant | None] | None = None) -> None:
+        quant = dict(quant or {})
+        self.meta = meta
+        self.head: HeadDecoder = head_decoder(meta, quant)
+        #: class-agnostic NMS by default when the file declares it (``nms: class_agnostic``)
+        self.agnostic = meta.nms == "class_agnostic"
+        protos = meta.output("protos")
+        self.protos_out = protos
+        self.protos_quant = quant_of(quant, protos) if protos is not None else None
+
+    @property
+    def segments(self) -> bool:
+        """Whether the head produces mask coefficients and protos."""
+        return self.head.has_coefs and self.protos_out is not None
+
+    def decode(
+        self,
+        outputs: Arrays,
+        conf: float = 0.25,
+        iou: float = 0.7,
+        max_det: int = 300,
+        multi_label: bool = False,
+        agnostic: bool | None = None,
+    ) -> DecodeResult:
+        """Threshold, decode candidates, NMS; boxes in model-input pixels, best first.
+
+        ``agnostic`` None: the NMS mode the metadata declares (``nms``).
+        """
+        cand = self.head.candidates(outputs, conf, multi_label)
+        agnostic = self.agnostic if agnostic is None else agnostic
+        keep = nms(cand.boxes, cand.scores, iou, max_det, None if agnostic else cand.class_ids)
+        kept = cand.take(keep)
+        coefs = self.head.coefs(outputs, kept.rows) if self.segments else None
+        return DecodeResult(kept.boxes, kept.scores, kept.class_ids, coefs, num_candidates=int(cand.scores.shape[0]))
+
+    def protos(self, outputs: Arrays) -> np.ndarray | None:
+        """The dequantized prototype masks as (Hp, Wp, nm) float32, or None."""
+        if self.protos_out is None:
+            return None
+        out = self.protos_out
+        fax = feature_axis(out, 32)
+        arr = np.moveaxis(outputs[out.name], fax, -1)[0]
+        if self.protos_quant is None:
+            return np.ascontiguousarray(arr, np.float32)
+        qp = QParams.from_quant(self.protos_quant, fax, out.name)
+        return qp.dequantize(np.ascontiguousarray(arr))
+
+
+__all__ = ["Decoder"]
