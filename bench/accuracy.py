@@ -82,8 +82,8 @@ def _validate(model_path: Path, data_dir: Path, source: Path | None = None, keep
         model = output_rounding_model(model_path, source)
     else:
         model = float_outputs_model(model_path, source, float_kind)
-    iou = 0.6 if model.meta.decoder_version == "yolov5" else 0.7  # each family's own `val` default
-    r = validate(model, data_dir / "instances.json", data_dir / "images", iou=iou, progress=False, keep_matches=keep)
+    # iou left to the model: the one its file declares (its family's own `val` default)
+    r = validate(model, data_dir / "instances.json", data_dir / "images", progress=False, keep_matches=keep)
     out = {}
     for t in ("bbox", "segm"):
         if t in r.metrics:
@@ -225,7 +225,7 @@ def _ci_cell(row: dict, t: str) -> str:
 
 
 def _print(rows: list[dict], total_s: float, ci: bool = False) -> None:
-    t = Table(title=f"edgeq accuracy (COCO mAP, conf 0.001, iou 0.7; yolov5 0.6) — total {total_s / 60:.1f} min")
+    t = Table(title=f"edgeq accuracy (COCO mAP, conf 0.001, iou as each model declares: 0.7; yolov5 0.6) — total {total_s / 60:.1f} min")
     box = ["box mAP50-95", "box mAP50", "box Δ", *(["box Δ 95% CI"] if ci else [])]
     mask = ["mask mAP50-95", "mask mAP50", "mask Δ", *(["mask Δ 95% CI"] if ci else [])]
     for col in ("model", "set", "variant", *box, *mask, "convert s"):

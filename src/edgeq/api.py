@@ -14,11 +14,14 @@ def predict_image(
     image: str | Path,
     *,
     conf: float = 0.25,
-    iou: float = 0.7,
+    iou: float | None = None,
     threads: int | None = None,
     draw: bool = False,
 ) -> tuple[Detections, np.ndarray | None]:
-    """Load a model, run it on one image; optionally return the image with detections drawn."""
+    """Load a model, run it on one image; optionally return the image with detections drawn.
+
+    ``iou`` None: the IoU the model's file declares (its family's default otherwise).
+    """
     from edgeq.calib.preprocess import read_image
     from edgeq.runtime import load
 
@@ -53,7 +56,7 @@ def validate_models(
     save_json: str | Path | None = None,
     report: str | Path | None = None,
     conf: float = 0.001,
-    iou: float = 0.7,
+    iou: float | None = None,
     max_det: int = 300,
     max_images: int | None = None,
     threads: int | None = None,

@@ -135,7 +135,7 @@ def predict(
     image: Path = typer.Argument(..., help="Image file."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the image with detections drawn."),
     conf: float = typer.Option(0.25, "--conf", help="Confidence threshold."),
-    iou: float = typer.Option(0.7, "--iou", help="NMS IoU threshold."),
+    iou: Optional[float] = typer.Option(None, "--iou", help="NMS IoU threshold [default: the one the artifact declares (validation.iou): 0.7, YOLOv5 0.6]."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Inference threads."),
 ) -> None:
     """Run a model on one image and print (and optionally draw) the detections."""
@@ -164,7 +164,7 @@ def validate(
     save_json: Optional[Path] = typer.Option(None, "--save-json", help="Write detections in COCO results format."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a JSON + Markdown report with this path prefix."),
     conf: float = typer.Option(0.001, "--conf"),
-    iou: float = typer.Option(0.7, "--iou"),
+    iou: Optional[float] = typer.Option(None, "--iou", help="NMS IoU threshold [default: each model's declared validation.iou: 0.7, YOLOv5 0.6]."),
     max_det: int = typer.Option(300, "--max-det"),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Evaluate only the first N images."),
     threads: Optional[int] = typer.Option(None, "--threads"),

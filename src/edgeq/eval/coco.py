@@ -312,7 +312,7 @@ def validate(
     images: str | Path,
     *,
     conf: float = 0.001,
-    iou: float = 0.7,
+    iou: float | None = None,
     max_det: int = 300,
     multi_label: bool = True,
     max_images: int | None = None,
@@ -330,7 +330,8 @@ def validate(
         data: COCO instances json (ground truth). Only its ``categories`` are evaluated, so a
             person-only json evaluates person AP and ignores the model's other classes.
         images: folder holding the json's ``file_name`` entries.
-        conf, iou, max_det, multi_label: passed to ``predictor.predict`` (``yolo val`` defaults).
+        conf, iou, max_det, multi_label: passed to ``predictor.predict`` (``yolo val`` defaults);
+            ``iou`` None: the model's own (the IoU its file declares, e.g. 0.6 for YOLOv5).
         max_images: evaluate only the first N images of the json.
         save_json: also write the detections in COCO results format here.
         progress: show a progress bar on stderr.
@@ -355,6 +356,8 @@ def validate(
     meta = predictor.meta
     segment = meta.task == "segment"
     label_map = build_label_map(list(meta.labels), gt["categories"], class_map)
+    if iou is None:
+        iou = getattr(predictor, "iou", None) or meta.validation_iou or 0.7
     predict_kwargs = dict(conf=conf, iou=iou, max_det=max_det, multi_label=multi_label, masks=segment)
     results, dropped, timings = _predict_all(predictor, records, Path(images), label_map, predict_kwargs, progress)
     if save_json is not None:

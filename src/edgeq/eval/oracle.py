@@ -94,10 +94,10 @@ class GroundTruthPredictor:
         self,
         image: np.ndarray,
         conf: float = 0.25,
-        iou: float = 0.7,
+        iou: float | None = None,
         max_det: int = 300,
         multi_label: bool = False,
-        agnostic: bool = False,
+        agnostic: bool | None = None,
         masks: bool = True,
     ) -> Detections:
         """The ground truth of ``image`` as detections (the thresholds are irrelevant here)."""

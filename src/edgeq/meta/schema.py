@@ -154,6 +154,12 @@ class ModelMeta:
         return next((o for o in self.outputs if o.type == type_), None)
 
     @property
+    def validation_iou(self) -> float | None:
+        """The NMS IoU the file declares for validation (``validation.iou``), if any."""
+        iou = self.raw.get("validation", {}).get("iou") if isinstance(self.raw.get("validation"), dict) else None
+        return float(iou) if isinstance(iou, (int, float)) and not isinstance(iou, bool) and 0 < iou <= 1 else None
+
+    @property
     def edgeq(self) -> dict[str, Any]:
         return self.raw.get("edgeq", {})
 

@@ -27,6 +27,7 @@ from edgeq.errors import ArtifactError
 from edgeq.meta.read import TensorDesc, read_meta
 from edgeq.meta.schema import ModelMeta, Output, Quant
 from edgeq.export import TARGETS, get_target, target_for_file
+from edgeq.families import FAMILIES
 from edgeq.export.base import Backend
 from edgeq.runtime.decoder import Decoder
 from edgeq.decode.masks import process_masks
@@ -162,6 +163,8 @@ class Model:
         phys = {p.name: p for o in meta.outputs for p in o.physical}
         quant = {n: _effective_quant(phys[n], backend.outputs[i], path) for n, i in self.binding.items()}
         self.decoder = Decoder(meta, quant)
+        #: default NMS IoU: the file's ``validation.iou``, else its family's, else 0.7
+        self.iou = meta.validation_iou or _family_iou(meta) or 0.7
         self._input = backend.inputs[0]
         self._nhwc = self._input.shape[-1] in (1, 3, 4) and self._input.shape[1] not in (1, 3, 4)
         hw = self._input.shape[1:3] if self._nhwc else self._input.shape[2:4]
@@ -211,13 +214,16 @@ class Model:
         self,
         image: np.ndarray | str | Path,
         conf: float = 0.25,
-        iou: float = 0.7,
+        iou: float | None = None,
         max_det: int = 300,
         multi_label: bool = False,
-        agnostic: bool = False,
+        agnostic: bool | None = None,
         masks: bool = True,
     ) -> Detections:
         """Detect (and segment) objects in a BGR image or an image file.
+
+        ``iou`` None: the IoU the file declares (:attr:`iou`); ``agnostic`` None: the NMS mode it
+        declares (``nms``), so that the artifact decodes as its metadata says.
 
         Boxes are in original-image pixels; masks (segmentation models, ``masks=True``) are
         (N, H, W) bool at the original resolution. ``timings_ms`` has preprocess, inference,
@@ -229,6 +235,7 @@ class Model:
         t1 = time.perf_counter()
         raw = self.run(x)
         t2 = time.perf_counter()
+        iou = self.iou if iou is None else iou
         res = self.decoder.decode(raw, conf=conf, iou=iou, max_det=max_det, multi_label=multi_label, agnostic=agnostic)
         boxes = lb.to_original(res.boxes)
         t3 = time.perf_counter()
@@ -251,6 +258,11 @@ class Model:
             masks=mask_arr,
             timings_ms={k: v * 1e3 for k, v in timings.items()},
         )
+
+
+def _family_iou(meta: ModelMeta) -> float | None:
+    family = FAMILIES.get(meta.decoder_version)
+    return family.iou if family is not None else None
 
 
 def _as_bgr(image: np.ndarray) -> np.ndarray:

@@ -57,9 +57,9 @@ class Predictor(Protocol):
         self,
         image: np.ndarray,
         conf: float = 0.25,
-        iou: float = 0.7,
+        iou: float | None = None,
         max_det: int = 300,
         multi_label: bool = False,
-        agnostic: bool = False,
+        agnostic: bool | None = None,
         masks: bool = True,
     ) -> Detections: ...
