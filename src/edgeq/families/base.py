@@ -73,7 +73,19 @@ class HeadFamily(ABC):
                        head: HeadSpec) -> Iterable[DecodedError]:
         """Errors of ``test`` against ``ref`` head outputs after decoding (scores, boxes, ...).
 
-        What a sensitivity measurement ranks layers by; the default (nothing) falls back to
-        the raw output errors.
+        What a sensitivity measurement ranks layers by. Heads without both a box and a score
+        branch (and families that define no measure) fall back to the raw output errors.
         """
+        if not (head.of_kind("scores") and head.of_kind("boxes")):
+            return ()
+        return self.measure_decoded(ref, test, head)
+
+    def measure_decoded(self, ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray],
+                        head: HeadSpec) -> Iterable[DecodedError]:
+        """The family's decoded-error measure (see :meth:`decoded_errors`); none by default."""
         return ()
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Overflow-safe logistic function for error measures."""
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))

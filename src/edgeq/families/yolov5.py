@@ -41,7 +41,7 @@ from edgeq.decode.fields import (
     xywh2xyxy,
 )
 from edgeq.errors import ArtifactError
-from edgeq.families.base import DecodedError, HeadFamily
+from edgeq.families.base import DecodedError, HeadFamily, sigmoid
 from edgeq.graph.heads import Endpoint, HeadSpec, is_grid, not_found, sort_endpoints, tail_inputs
 from edgeq.graph.load import ModelInfo
 from edgeq.graph.topology import Topology
@@ -68,10 +68,8 @@ class YOLOv5(HeadFamily):
     def decoder(self, meta: ModelMeta, quant: Mapping[str, Quant | None]) -> AnchorHead:
         return AnchorHead(meta, quant)
 
-    def decoded_errors(self, ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray],
-                       head: HeadSpec) -> Iterable[DecodedError]:
-        if not (head.of_kind("scores") and head.of_kind("boxes")):
-            return ()
+    def measure_decoded(self, ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray],
+                        head: HeadSpec) -> Iterable[DecodedError]:
         return _decoded_anchor_errors(ref, test, head)
 
 
@@ -373,10 +371,6 @@ class AnchorHead:
 # ----------------------------------------------------------------------------- sensitivity
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
-
-
 def _per_anchor(x: np.ndarray, na: int) -> np.ndarray:
     """(1, na*F, H, W) anchor-major channels -> (na, F, H, W) float64."""
     v = x[0].astype(np.float64)
@@ -385,7 +379,7 @@ def _per_anchor(x: np.ndarray, na: int) -> np.ndarray:
 
 def _anchor_xywh(t: np.ndarray, stride: float, wh: np.ndarray | float) -> np.ndarray:
     """YOLOv5 box logits (na, 4, H, W) -> pixel offsets/sizes: (2 sig - 0.5) * stride, (2 sig)^2 * anchor."""
-    sig = _sigmoid(t)
+    sig = sigmoid(t)
     return np.concatenate([(2 * sig[:, :2] - 0.5) * stride, (2 * sig[:, 2:4]) ** 2 * wh], axis=1)
 
 
@@ -403,8 +397,8 @@ def _decoded_anchor_errors(ref: Mapping[str, np.ndarray], test: Mapping[str, np.
             continue
         na = len(head.anchors[i]) if head.anchors else parts["objectness"].shape[1]
         box, obj, cls = (parts[k].name for k in ("boxes", "objectness", "scores"))
-        sf = _sigmoid(_per_anchor(ref[obj], na)) * _sigmoid(_per_anchor(ref[cls], na))
-        sq = _sigmoid(_per_anchor(test.get(obj, ref[obj]), na)) * _sigmoid(_per_anchor(test.get(cls, ref[cls]), na))
+        sf = sigmoid(_per_anchor(ref[obj], na)) * sigmoid(_per_anchor(ref[cls], na))
+        sq = sigmoid(_per_anchor(test.get(obj, ref[obj]), na)) * sigmoid(_per_anchor(test.get(cls, ref[cls]), na))
         yield "scores", float(np.sum((sq - sf) ** 2)), float(np.sum(sf * sf))
         stride = float(head.strides[i])
         wh = np.asarray(head.anchors[i], np.float64).reshape(na, 2, 1, 1) if head.anchors else stride

@@ -41,7 +41,7 @@ from edgeq.decode.fields import (
     stride_of,
 )
 from edgeq.errors import ArtifactError
-from edgeq.families.base import DecodedError, HeadFamily
+from edgeq.families.base import DecodedError, HeadFamily, sigmoid
 from edgeq.graph.heads import Endpoint, HeadSpec, is_grid, not_found, sort_endpoints, tail_inputs, unpack_concat
 from edgeq.graph.load import ModelInfo
 from edgeq.graph.topology import Topology
@@ -69,10 +69,8 @@ class YOLOv8(HeadFamily):
     def decoder(self, meta: ModelMeta, quant: Mapping[str, Quant | None]) -> PerScaleHead:
         return PerScaleHead(meta, quant)
 
-    def decoded_errors(self, ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray],
-                       head: HeadSpec) -> Iterable[DecodedError]:
-        if not (head.of_kind("scores") and head.of_kind("boxes")):
-            return ()
+    def measure_decoded(self, ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray],
+                        head: HeadSpec) -> Iterable[DecodedError]:
         return _decoded_errors(ref, test, head)
 
 
@@ -328,10 +326,6 @@ def _pair_levels(boxes: Output, scores: Output, coefs: Output | None) -> list[tu
 # ----------------------------------------------------------------------------- sensitivity
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
-
-
 def _dfl_expectation(x: np.ndarray, reg_max: int) -> np.ndarray:
     """(1, 4*R, H, W) DFL logits -> (4, H, W) expected distances in grid cells."""
     h, w = x.shape[2:]
@@ -345,8 +339,8 @@ def _decoded_errors(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray
     """(kind, noise, signal) per decoded output, summed over the levels of one image."""
     weights: dict[int | None, np.ndarray] = {}
     for e in head.of_kind("scores"):
-        pf = _sigmoid(ref[e.name].astype(np.float64))
-        pq = _sigmoid(test.get(e.name, ref[e.name]).astype(np.float64))
+        pf = sigmoid(ref[e.name].astype(np.float64))
+        pq = sigmoid(test.get(e.name, ref[e.name]).astype(np.float64))
         weights[e.scale_index] = pf.max(axis=1)[0]  # (H, W): float top score per anchor
         yield "scores", float(np.sum((pq - pf) ** 2)), float(np.sum(pf * pf))
     for e in head.of_kind("boxes"):
