@@ -27,7 +27,6 @@ from edgeq.errors import ArtifactError
 from edgeq.meta.read import TensorDesc, read_meta
 from edgeq.meta.schema import ModelMeta, Output, Quant
 from edgeq.export import TARGETS, get_target, target_for_file
-from edgeq.families import FAMILIES
 from edgeq.export.base import Backend
 from edgeq.runtime.decoder import Decoder
 from edgeq.decode.masks import process_masks
@@ -164,7 +163,7 @@ class Model:
         quant = {n: _effective_quant(phys[n], backend.outputs[i], path) for n, i in self.binding.items()}
         self.decoder = Decoder(meta, quant)
         #: default NMS IoU: the file's ``validation.iou``, else its family's, else 0.7
-        self.iou = meta.validation_iou or _family_iou(meta) or 0.7
+        self.iou = self.decoder.iou
         self._input = backend.inputs[0]
         self._nhwc = self._input.shape[-1] in (1, 3, 4) and self._input.shape[1] not in (1, 3, 4)
         hw = self._input.shape[1:3] if self._nhwc else self._input.shape[2:4]
@@ -258,11 +257,6 @@ class Model:
             masks=mask_arr,
             timings_ms={k: v * 1e3 for k, v in timings.items()},
         )
-
-
-def _family_iou(meta: ModelMeta) -> float | None:
-    family = FAMILIES.get(meta.decoder_version)
-    return family.iou if family is not None else None
 
 
 def _as_bgr(image: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 
 from edgeq.decode.fields import Arrays, DecodeResult, HeadDecoder, QParams, feature_axis, quant_of
 from edgeq.decode.nms import nms
-from edgeq.families import head_decoder
+from edgeq.families import FAMILIES, head_decoder
 from edgeq.meta.schema import ModelMeta, Quant
 
 
@@ -32,6 +32,8 @@ class Decoder:
         self.head: HeadDecoder = head_decoder(meta, quant)
         #: class-agnostic NMS by default when the file declares it (``nms: class_agnostic``)
         self.agnostic = meta.nms == "class_agnostic"
+        #: default NMS IoU: the file's ``validation.iou``, else its family's, else 0.7
+        self.iou = meta.validation_iou or _family_iou(meta) or 0.7
         protos = meta.output("protos")
         self.protos_out = protos
         self.protos_quant = quant_of(quant, protos) if protos is not None else None
@@ -45,16 +47,17 @@ class Decoder:
         self,
         outputs: Arrays,
         conf: float = 0.25,
-        iou: float = 0.7,
+        iou: float | None = None,
         max_det: int = 300,
         multi_label: bool = False,
         agnostic: bool | None = None,
     ) -> DecodeResult:
         """Threshold, decode candidates, NMS; boxes in model-input pixels, best first.
 
-        ``agnostic`` None: the NMS mode the metadata declares (``nms``).
+        ``iou`` / ``agnostic`` None: the IoU and NMS mode the metadata declares.
         """
         cand = self.head.candidates(outputs, conf, multi_label)
+        iou = self.iou if iou is None else iou
         agnostic = self.agnostic if agnostic is None else agnostic
         keep = nms(cand.boxes, cand.scores, iou, max_det, None if agnostic else cand.class_ids)
         kept = cand.take(keep)
@@ -72,6 +75,12 @@ class Decoder:
             return np.ascontiguousarray(arr, np.float32)
         qp = QParams.from_quant(self.protos_quant, fax, out.name)
         return qp.dequantize(np.ascontiguousarray(arr))
+
+
+
+def _family_iou(meta: ModelMeta) -> float | None:
+    family = FAMILIES.get(meta.decoder_version)
+    return family.iou if family is not None else None
 
 
 __all__ = ["Decoder"]
