@@ -59,7 +59,8 @@ def _args() -> argparse.Namespace:
 def _variants(int16_budget: float) -> list[tuple[str, dict]]:
     from edgeq.config import ConvertConfig
 
-    variants = [("combined", {"split": "combined"}), ("smart", {"split": "smart"})]
+    # the combined baseline collapses by design (that is what it shows): write it anyway
+    variants = [("combined", {"split": "combined", "on_collapse": "warn"}), ("smart", {"split": "smart"})]
     if "int16_budget" in {f.name for f in dataclasses.fields(ConvertConfig)}:
         variants.append((f"smart+int16 {int16_budget:g}%", {"split": "smart", "int16_budget": int16_budget}))
     return variants

@@ -16,6 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "edgeq"
 #: Lowest first. A module may import its own unit and any unit of a lower layer, nothing above.
 LAYERS: list[set[str]] = [
     {"errors"},
+    {"fileio"},  # checked, atomic writes of every file edgeq writes
     {"graph"},  # load, normalize, view, cut, onnxruntime sessions over the float graph
     {"meta"},  # EdgeFirst schema v2: typed metadata, embedding, reading
     {"calib"},  # images, histograms, range methods

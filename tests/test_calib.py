@@ -54,7 +54,9 @@ def test_few_images_warn_and_bad_image_fails(tmp_path, caplog, calib_dir):
         (tmp_path / p.name).write_bytes(p.read_bytes())
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     cs = calibration_set(tmp_path)
-    assert "only 3 calibration images" in caplog.text
+    from edgeq.calib.checks import check_calibration_set
+
+    assert "only 3 calibration images" in check_calibration_set(cs, 640)[0].what
     with pytest.raises(CalibrationError, match="broken.jpg"):
         list(cs.images((640, 640)))
 

@@ -52,9 +52,12 @@ def test_missing_images(gt: GroundTruthPredictor, dev: tuple[Path, Path], tmp_pa
     files = sorted(p.name for p in dev[1].iterdir())
     for name in files[:10]:
         shutil.copy(dev[1] / name, tmp_path / name)
-    first_missing = next(im["file_name"] for im in json.loads(dev[0].read_text())["images"] if im["file_name"] not in files[:10])
-    with pytest.raises(DatasetError, match=rf"59 of 69 images .* missing .*first: {first_missing}") as e:
-        validate(gt, dev[0], tmp_path, progress=False)
+    missing = [im["file_name"] for im in json.loads(dev[0].read_text())["images"] if im["file_name"] not in files[:10]]
+    r = validate(gt, dev[0], tmp_path, progress=False)  # some missing: skipped, counted
+    assert r.images == 10 and r.settings["missing_images"] == 59 and r.settings["missing_first"][0] == missing[0]
+    (tmp_path / "none").mkdir()
+    with pytest.raises(DatasetError, match=r"69 of 69 images .* missing .*first: ") as e:
+        validate(gt, dev[0], tmp_path / "none", progress=False)  # all missing: an error
     assert e.value.fix  # says what to do
     with pytest.raises(DatasetError, match="image folder not found"):
         validate(gt, dev[0], tmp_path / "nowhere", progress=False)

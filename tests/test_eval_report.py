@@ -67,7 +67,8 @@ def test_rich_rendering(pair: tuple[ValidationResult, ValidationResult]) -> None
     print_comparison(compare(*pair), console=console)
     print_result(pair[0], console=console, top_classes=2)
     text = console.export_text()
-    for s in ("float", "int8", "bbox mAP50-95", "segm mAP50", "0.456", "0.430", "-0.026", "ms/img", "person"):
+    # metrics in percent, differences in percentage points
+    for s in ("float", "int8", "bbox mAP50-95", "segm mAP50", "45.6", "43.0", "-2.60", "Δ points", "bbox %", "ms/img", "person"):
         assert s in text, s
 
 
@@ -76,9 +77,10 @@ def test_write_report_to_directory(pair: tuple[ValidationResult, ValidationResul
     assert (md, js) == (tmp_path / "report.md", tmp_path / "report.json")
     text = md.read_text()
     assert "## int8 vs float (baseline)" in text
-    assert "| bbox mAP50-95 | 0.456 | 0.430 | -0.026 |" in text
-    assert "| segm person | 10 | 0.352 | 0.340 | -0.012 |" in text
-    assert "| mAP_small | – | 0.352 |" in text  # None renders as a dash
+    assert "| bbox mAP50-95 | 45.6 | 43.0 | -2.60 |" in text
+    assert "| segm person | 10 | 35.2 | 34.0 | -1.20 |" in text
+    assert "| mAP_small | – | 35.2 |" in text  # None renders as a dash
+    assert "in %; Δ in percentage points" in text
     data = json.loads(js.read_text())
     assert [ValidationResult.from_json(r) for r in data["results"]] == list(pair)
     (c,) = data["comparisons"]

@@ -1,11 +1,13 @@
 """The Python API behind the CLI: each command is one function here over the stage modules."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from edgeq.errors import EdgeqError
+from edgeq.fileio import check_writable_output, write_atomic
 from edgeq.runtime.types import Detections
 
 
@@ -17,34 +19,76 @@ def predict_image(
     iou: float | None = None,
     threads: int | None = None,
     draw: bool = False,
+    output: str | Path | None = None,
 ) -> tuple[Detections, np.ndarray | None]:
     """Load a model, run it on one image; optionally return the image with detections drawn.
 
     ``iou`` None: the IoU the model's file declares (its family's default otherwise).
+    ``output``: also write the drawn image there (checked before the model runs: an image
+    suffix OpenCV writes, a writable folder, and not the model or the image itself).
     """
-    from edgeq.calib.preprocess import read_image
     from edgeq.runtime import load
 
+    image = Path(image)
+    if output is not None:
+        check_image_output(output, inputs=(model, image))
     m = load(model, threads=threads)
-    bgr = read_image(image)
+    bgr = read_input_image(image)
     dets = m.predict(bgr, conf=conf, iou=iou)
-    if not draw:
+    if not draw and output is None:
         return dets, None
     from edgeq.runtime.draw import draw as draw_dets
 
-    return dets, draw_dets(bgr, dets)
+    drawn = draw_dets(bgr, dets)
+    if output is not None:
+        write_image(output, drawn)
+    return dets, drawn
 
 
-def write_image(path: str | Path, image: np.ndarray) -> None:
-    """Write an image, choosing the format from the suffix."""
+def read_input_image(path: str | Path) -> np.ndarray:
+    """An image file as BGR uint8, with errors that name it (missing, a folder, not an image)."""
+    from edgeq.calib.preprocess import read_image
+
+    path = Path(path)
+    if not path.exists():
+        raise EdgeqError(f"image not found: {path}", "check the path; predict takes one image file (JPEG, PNG, ...)")
+    if not path.is_file():
+        raise EdgeqError(f"{path} is not a file", "predict takes one image file (JPEG, PNG, ...)")
+    try:
+        return read_image(path)
+    except OSError as e:
+        raise EdgeqError(f"cannot read image {path}: {e.strerror or e}", "check the file's permissions") from None
+    except EdgeqError as e:
+        raise EdgeqError(e.what if str(path) in e.what else f"cannot decode image {path}: {e.what}",
+                         e.fix or "pass a valid JPEG, PNG, BMP, WebP or TIFF file") from None
+
+
+def check_image_output(path: str | Path, *, inputs: Iterable[str | Path] = ()) -> Path:
+    """Refuse an image output edgeq cannot write, before any work: a suffix OpenCV has no
+    encoder for (``x.txt``), a folder, an input, or a read-only place."""
     import cv2
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(path.suffix or ".png", image)
+    if path.is_dir():  # its own message ("an existing folder"), whatever its name looks like
+        return check_writable_output(path, inputs=inputs, kind="drawn image")
+    if not path.suffix or not cv2.haveImageWriter("x" + path.suffix):
+        what = "has no suffix" if not path.suffix else f"has the suffix {path.suffix!r}, which is not an image format"
+        raise EdgeqError(f"cannot write the drawn image to {path}: it {what}",
+                         f"name an image file, e.g. {path.with_suffix('.png').name} or {path.with_suffix('.jpg').name}")
+    return check_writable_output(path, inputs=inputs, kind="drawn image")
+
+
+def write_image(path: str | Path, image: np.ndarray) -> Path:
+    """Write an image atomically, choosing the format from the suffix."""
+    import cv2
+
+    path = Path(path)
+    if not path.suffix or not cv2.haveImageWriter("x" + path.suffix):
+        raise EdgeqError(f"cannot encode an image as {path.suffix or path.name!r}", "use .png or .jpg")
+    ok, buf = cv2.imencode(path.suffix, image)
     if not ok:
         raise EdgeqError(f"cannot encode an image as {path.suffix!r}", "use .png or .jpg")
-    path.write_bytes(buf.tobytes())
+    return write_atomic(path, buf.tobytes())
 
 
 def validate_models(
@@ -69,8 +113,15 @@ def validate_models(
     ``compare`` is given; ``ci`` adds the delta's 95 % paired-bootstrap interval over the images.
     """
     from edgeq import eval as ev
+    from edgeq.eval.report import report_paths
     from edgeq.runtime import load
 
+    inputs = [p for p in (model, data, compare) if p is not None]
+    if save_json is not None:
+        check_writable_output(save_json, inputs=inputs, kind="--save-json")
+    if report:
+        for path in report_paths(report):
+            check_writable_output(path, inputs=inputs, kind="report")
     kwargs = dict(conf=conf, iou=iou, max_det=max_det, max_images=max_images, progress=progress,
                   keep_matches=ci and compare is not None)
     result = ev.validate(load(model, threads=threads), data, images, save_json=save_json, **kwargs)

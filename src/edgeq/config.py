@@ -14,6 +14,7 @@ from edgeq.errors import ConfigError
 from edgeq.export import TARGETS
 
 SplitMode = Literal["smart", "combined"]
+OnCollapse = Literal["error", "warn"]
 WeightRounding = Literal["gptq", "nearest"]
 
 #: accepted values of the range-setting options (``auto`` chooses per tensor among the methods)
@@ -38,7 +39,9 @@ class ConvertConfig:
             high-confidence logits that ranking depends on.
         target: the artifact format, a name in :data:`edgeq.export.TARGETS` (``tflite``).
         split_hints: optional EdgeFirst split_hints (YAML/JSON file) to check and name the cut.
-        threads: CPU threads for calibration inference (None: onnxruntime's default).
+        threads: CPU threads of the artifact's own runtime in the collapse guard (None: its
+            default). The float passes run on one thread whatever this is, so that the artifact
+            does not depend on it (see ``edgeq.pipeline.FLOAT_PASS_THREADS``); not recorded.
         int16: activations to keep in int16 (TFLite 16x8 kernels); each name promotes every
             tensor sharing its quantization parameters.
         int16_budget: percent of activation elements that may be int16: the head outputs
@@ -60,6 +63,11 @@ class ConvertConfig:
             head SQNR +1 to +4 dB, ~12 s; a no-op for weights already on the INT8 grid) | nearest.
         guard: check the written outputs against the float graph and warn when one collapses
             (:mod:`edgeq.quant.guard`).
+        on_collapse: what a collapsed output does: ``error`` (nothing is written; the error names
+            the outputs and the fix) or ``warn`` (the artifact is written, the warnings logged and
+            recorded; for deliberate baselines such as ``combined``).
+        skip_bad_images: calibrate without the calibration images that cannot be decoded
+            (logged with a count) instead of refusing to start.
     """
 
     split: SplitMode = "smart"
@@ -75,6 +83,8 @@ class ConvertConfig:
     equalize: bool = False
     weight_rounding: WeightRounding = "gptq"
     guard: bool = True
+    on_collapse: OnCollapse = "error"
+    skip_bad_images: bool = False
 
     def __post_init__(self) -> None:
         _one_of("split", self.split, get_args(SplitMode))
@@ -82,6 +92,7 @@ class ConvertConfig:
         _one_of("calib_method", self.calib_method, RANGE_METHODS)
         _one_of("output_method", self.output_method, RANGE_METHODS)
         _one_of("weight_rounding", self.weight_rounding, get_args(WeightRounding))
+        _one_of("on_collapse", self.on_collapse, get_args(OnCollapse))
         if self.calib_count is not None and (not isinstance(self.calib_count, int) or self.calib_count < 1):
             _bad("calib_count", f"must be a positive number of images, not {self.calib_count!r}",
                  "omit it to use every calibration image")

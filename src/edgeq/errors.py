@@ -44,6 +44,10 @@ class CalibrationError(EdgeqError):
     """The calibration data is missing, empty or unreadable."""
 
 
+class CollapseError(EdgeqError):
+    """INT8 destroyed an output (the collapse guard's verdict); nothing was written."""
+
+
 class ArtifactError(EdgeqError):
     """A converted artifact or its metadata is unreadable or inconsistent."""
 

@@ -32,7 +32,10 @@ def _onnx_report(path: Path) -> dict[str, Any]:
 
 def _artifact_report(path: Path) -> dict[str, Any]:
     from edgeq.meta.read import read_meta
+    from edgeq.meta.verify import verify_tflite
 
+    if path.suffix.lower() == ".tflite":  # the metadata alone says nothing about the model bytes
+        verify_tflite(path)
     meta = read_meta(path)
     outputs = []
     for logical in meta.outputs:

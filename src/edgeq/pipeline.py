@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -15,14 +13,15 @@ import onnx
 from tqdm import tqdm
 
 from edgeq.calib.collect import collect_histograms
-from edgeq.calib.dataset import CalibrationSet, calibration_set
+from edgeq.calib.dataset import CalibrationSet, calibration_set, check_images
 from edgeq.calib.histogram import NUM_BINS, StreamingHistogram
 from edgeq.calib.ranges import IDENTITY, SCORE_FLOOR, choose_range, consumer_transfers, floor_logits
 from edgeq.config import ConvertConfig
-from edgeq.errors import EdgeqError
+from edgeq.errors import CollapseError, EdgeqError
 from edgeq.export import get_target
 from edgeq.export.base import Emitted, Target
 from edgeq.families import get_family
+from edgeq.fileio import check_writable_output, write_atomic
 from edgeq.graph.heads import HeadSpec
 from edgeq.meta.build import build_meta, combined_family, combined_outputs
 from edgeq.meta.embed import metadata_files
@@ -34,6 +33,14 @@ from edgeq.quant.derived import observed_tensors, with_derived_ranges
 from edgeq.quant.plan import QParams, QuantPlan
 
 log = logging.getLogger(__name__)
+
+#: onnxruntime intra-op threads of every float pass whose numbers reach the artifact (calibration,
+#: GPTQ's Hessians, mixed-precision sensitivity, the guard's float side). onnxruntime's CPU
+#: convolutions split their sums differently with the thread count (yolov8n: /model.7/conv/Conv
+#: differs by ~1 ulp between 1-3 and 4+ threads), which moves ranges, scales and so the artifact's
+#: bytes; one thread makes the artifact the same whatever ``threads`` is and whatever the core count
+#: (on one kind of CPU: other SIMD kernels round differently).
+FLOAT_PASS_THREADS = 1
 
 
 @dataclass
@@ -52,12 +59,15 @@ def prepare(model_path: str | Path, config: ConvertConfig) -> Prepared:
     return prepare_graph(model_path, split=config.split, split_hints=config.split_hints, equalized=config.equalize)
 
 
-def calibrate(graph: onnx.ModelProto, calib: CalibrationSet, imgsz: tuple[int, int], config: ConvertConfig, progress: bool) -> dict[str, StreamingHistogram]:
+def calibrate(graph: onnx.ModelProto, calib: CalibrationSet, imgsz: tuple[int, int], config: ConvertConfig, progress: bool,
+              label: str = "") -> dict[str, StreamingHistogram]:
     """Stream the calibration images through the float graph; returns per-tensor histograms of the
-    tensors the target's kernels do not derive from another."""
-    images = tqdm(calib.images(imgsz), total=len(calib), desc="calibrating", unit="img", disable=not progress)
+    tensors the target's kernels do not derive from another. ``label``: the model's name, shown
+    on the progress bar (``yolov8n: calibrating``)."""
+    desc = f"{label}: calibrating" if label else "calibrating"
+    images = tqdm(calib.images(imgsz), total=len(calib), desc=desc, unit="img", disable=not progress)
     minmax_only = config.calib_method == "minmax" and config.output_method == "minmax"
-    return collect_histograms(graph, images, threads=config.threads, bins=0 if minmax_only else NUM_BINS,
+    return collect_histograms(graph, images, threads=FLOAT_PASS_THREADS, bins=0 if minmax_only else NUM_BINS,
                               names=observed_tensors(graph, get_target(config.target).constraints))
 
 
@@ -74,7 +84,7 @@ def round_weights(prep: Prepared, calib: CalibrationSet, config: ConvertConfig) 
 
     from edgeq.quant.gptq import IMAGES, gptq_round
 
-    rounded = gptq_round(prep.graph, islice(calib.images(prep.loaded.info.imgsz), IMAGES), threads=config.threads)
+    rounded = gptq_round(prep.graph, islice(calib.images(prep.loaded.info.imgsz), IMAGES), threads=FLOAT_PASS_THREADS)
     prep.techniques["weight_rounding"] = rounded.record
     if rounded.record["convs"]:
         if prep.reference is None:
@@ -130,7 +140,7 @@ def _mixed_precision(prep: Prepared, hists: dict[str, StreamingHistogram], plan:
     decoded = get_family(prep.head.family).decoded_errors if prep.head is not None else None
     int16, record = mixed_precision(prep.graph, plan.activations, constraints=get_target(config.target).constraints,
                                     names=config.int16, budget_percent=config.int16_budget,
-                                    images=images, head=prep.head, decoded=decoded, threads=config.threads)
+                                    images=images, head=prep.head, decoded=decoded, threads=FLOAT_PASS_THREADS)
     return make_plan(prep.graph, hists, config, int16=int16, logits=_score_logits(prep), int8_views=plan.activations), record
 
 
@@ -161,27 +171,23 @@ def _provenance(prep: Prepared, calib: CalibrationSet, plan: QuantPlan, config: 
             "score_floor": SCORE_FLOOR if _score_logits(prep) else None,
             "methods_used": plan.notes.get("range_methods", {}),
             "transfers": plan.notes.get("range_transfers", {}),
+            "checks": prep.techniques.get("calibration_checks", []),
         },
         "techniques": {
             "equalize": prep.techniques.get("equalize", False),
             "bias_correction": prep.techniques.get("bias_correction", False),
             "weight_rounding": prep.techniques.get("weight_rounding", {"method": "nearest"}),
         },
-        "config": config.to_json(),
+        # threads only schedules work (the float passes run on FLOAT_PASS_THREADS): recording it would
+        # make two otherwise identical artifacts differ
+        "config": {k: v for k, v in config.to_json().items() if k != "threads"},
     }
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, so a failure never leaves a partial artifact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write via a temporary file in the same folder (:func:`edgeq.fileio.write_atomic`): a failure
+    or Ctrl-C never leaves a partial artifact or a temporary file; the mode follows the umask."""
+    write_atomic(path, data)
 
 
 def _bias_corrected(prep: Prepared, plan: QuantPlan, calib: CalibrationSet, config: ConvertConfig) -> onnx.ModelProto:
@@ -208,7 +214,14 @@ def _guard(prep: Prepared, target: Target, written: Emitted, outputs: list[Outpu
     parts = components(outputs, len(info.names), info.imgsz[0])
     images = list(islice(calib.images(info.imgsz), IMAGES))
     probe = target.probe(written, config.threads)
-    report = check_artifact(prep.reference or prep.graph, probe, parts, images, split=config.split, threads=config.threads)
+    report = check_artifact(prep.reference or prep.graph, probe, parts, images, split=config.split, threads=FLOAT_PASS_THREADS)
+    collapsed = [c for c in report.warnings if c.status == "collapse"]
+    if collapsed and config.on_collapse == "error":
+        raise CollapseError(
+            f"{prep.loaded.path.name}: INT8 collapsed {len(collapsed)} output(s), so no artifact was written: "
+            + "; ".join(f"{c.name}: {c.reason}" for c in collapsed),
+            f"{collapsed[0].fix} (or --on-collapse warn to write it anyway)",
+        )
     for c in report.warnings:
         log.warning("%s %s: %s. Fix: %s", c.name, c.status, c.reason, c.fix)
     return report.to_json()
@@ -247,6 +260,7 @@ def export_artifact(
         provenance["mixed_precision"] = mixed
     if config.guard:
         provenance["guard"] = _guard(prep, target, written, outputs, calib_set, config)
+    provenance["model_sha256"] = hashlib.sha256(written.buffer).hexdigest()  # checked by edgeq.load
     meta = build_meta(info, outputs, written.inputs[0], provenance, name=name, decoder_version=family.name,
                       nms=family.nms, iou=family.iou)
     files = metadata_files(meta.to_json(), meta.labels)
@@ -270,20 +284,45 @@ def convert(
             any supported graph for ``combined``).
         calib: image folder, dataset folder with ``images/``, or COCO instances.json.
         output: artifact path (default: ``<model>-<split>-int8<target suffix>`` beside the model).
+            Checked before any work: never the model or a calibration file (under any name), not
+            a folder, in a folder that can be written (:class:`edgeq.fileio.OutputError`).
         config: conversion settings.
         progress: show progress bars.
     """
     model_path = Path(model_path)
     out_path = Path(output) if output else default_output(model_path, config)
+    # before any work: never overwrite an input, never find out after calibration that we cannot write
+    check_writable_output(out_path, inputs=(model_path, calib), kind="artifact")
     prep = prepare(model_path, config)
     if config.int16:
         from edgeq.quant.mixed import check_names
 
         check_names(prep.graph, config.int16)
     calib_set = calibration_set(calib, count=config.calib_count)
+    calib_set = _checked(calib_set, out_path, config, progress, model_path.stem)
+    prep.techniques["calibration_checks"] = _calibration_checks(calib_set, prep.loaded.info.imgsz)
     prep = round_weights(prep, calib_set, config)
-    hists = calibrate(prep.graph, calib_set, prep.loaded.info.imgsz, config, progress)
+    hists = calibrate(prep.graph, calib_set, prep.loaded.info.imgsz, config, progress, label=model_path.stem)
     return export_artifact(prep, hists, calib_set, out_path, config)
+
+
+def _calibration_checks(calib: CalibrationSet, imgsz: tuple[int, int]) -> list[dict[str, str]]:
+    """Warn about a degenerate calibration set (too few, duplicates, grey, 16-bit, ...); the
+    warnings are also recorded in the artifact's provenance."""
+    from edgeq.calib.checks import check_calibration_set
+
+    found = check_calibration_set(calib, imgsz)
+    for w in found:
+        log.log(w.log_level, "calibration set: %s. Fix: %s", w.what, w.fix)
+    return [{"code": w.code, "level": w.level, "what": w.what} for w in found]
+
+
+def _checked(calib: CalibrationSet, out_path: Path, config: ConvertConfig, progress: bool, label: str) -> CalibrationSet:
+    """Before the slow stages: the artifact must not overwrite a calibration file, and every
+    calibration image must decode (or, with ``skip_bad_images``, the unreadable ones are dropped)."""
+    check_writable_output(out_path, inputs=calib.files, kind="artifact")
+    with tqdm(total=len(calib), desc=f"{label}: checking images", unit="img", disable=not progress, leave=False) as bar:
+        return check_images(calib, skip_bad=config.skip_bad_images, on_image=bar.update)
 
 
 __all__ = ["convert", "prepare", "round_weights", "calibrate", "make_plan", "export_artifact", "ConversionResult", "EdgeqError"]

@@ -23,6 +23,7 @@ import html
 import itertools
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ import numpy as np
 
 from edgeq.calib.dataset import calibration_set
 from edgeq.errors import ArtifactError
+from edgeq.fileio import check_writable_output, write_text_atomic
 from edgeq.quant.sensitivity import (
     DecodedErrors,
     ErrorAccumulator,
@@ -191,6 +193,7 @@ class Analysis:
     scores: list[ScoreResolution] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     tensor_elements: dict[str, int] = field(default_factory=dict)  # activation -> elements
+    calib_method: str | None = None  # the artifact's recorded range method (None: unknown)
 
     # -- derived ---------------------------------------------------------------------------------
     @property
@@ -242,11 +245,13 @@ class Analysis:
                 f"high-resolution layers."
             )
         early = [r for r in self.layers[:top] if r.op in ("Conv", "Mul") and r.share >= CALL_OUT_SHARE]
-        if early and any(r.name.startswith(("/model.0/", "/model.1/", "/model.2/")) for r in early):
+        # only the clipping methods the artifact was not made with (percentile is the default)
+        clipping = [m for m in ("percentile", "mse") if m != (self.calib_method or "percentile")]
+        if early and clipping and any(r.name.startswith(("/model.0/", "/model.1/", "/model.2/")) for r in early):
+            methods = " or ".join(f"`--calib-method {m}`" for m in clipping)
             lines.append(
                 "The worst layers sit at the start of the backbone, where min/max ranges are wide "
-                "(rare large activations): a clipping range method (`--calib-method percentile` or `mse`) "
-                "also narrows them without int16."
+                f"(rare large activations): a clipping range method ({methods}) also narrows them without int16."
             )
         return self._output_advice(lines)
 
@@ -322,6 +327,7 @@ def analyze(
     sensitivity: bool = True,
     threads: int | None = None,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> Analysis:
     """Compare an artifact with its float graph and rank the layers by their own INT8 cost.
 
@@ -333,6 +339,8 @@ def analyze(
         sensitivity: also run the per-layer sensitivity pass (the slow part).
         threads: onnxruntime threads.
         progress: ``progress(label, total)`` returns a per-step callback (for progress bars).
+        notify: called with a line for the user, e.g. how long the sensitivity pass will take
+            (measured on its first layer, before the rest runs).
     """
     from edgeq.export import get_target
     from edgeq.families import get_family
@@ -363,7 +371,7 @@ def analyze(
         all_units = promotion_units(prep.graph, params, constraints)
         units = [u for u in all_units if acts.input_name not in u]
         step = progress("sensitivity", len(units)) if progress else None
-        sens = unit_sensitivity(acts, units, params, head=prep.head, decoded=decoded, threads=threads, progress=step)
+        sens = _timed_sensitivity(acts, units, params, prep, decoded, threads, step, notify)
         total = sum(s.noise for s in sens) or 1.0
         ranked = sorted(sens, key=lambda s: (-s.noise, s.name))
         sizes, keep = activation_elements(prep.graph), interface(prep.graph)
@@ -384,8 +392,51 @@ def analyze(
         model=str(model_path), artifact=str(artifact_path), split=split, images=len(rgbs),
         tensors=tensors, layers=layers, artifact_error=art_err, total_elements=total_elements,
         shared_tensors=len(tensors), float_tensors=len(acts.names), scores=scores, notes=notes,
-        tensor_elements=tensor_elements,
+        tensor_elements=tensor_elements, calib_method=(prov.get("calibration") or {}).get("method"),
     )
+
+
+def _downstream_nodes(graph: Any, units: Sequence[Sequence[str]]) -> list[int]:
+    """Per unit, how many nodes its tensors reach (what its sensitivity subgraph runs)."""
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    sizes = []
+    for unit in units:
+        seen: set[int] = set()
+        todo = list(unit)
+        while todo:
+            for node in consumers.get(todo.pop(), ()):
+                if id(node) not in seen:
+                    seen.add(id(node))
+                    todo.extend(node.output)
+        sizes.append(len(seen))
+    return sizes
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def _timed_sensitivity(acts: FloatActivations, units: list, params: dict[str, QParams], prep: Any,
+                       decoded: DecodedErrors | None, threads: int | None, step: Any,
+                       notify: Callable[[str], None] | None) -> list:
+    """The sensitivity pass; with ``notify``, the first unit is timed and the whole pass estimated
+    from it (each unit costs about as much as the nodes it reaches) before the rest runs."""
+    def run(us: list) -> list:
+        return unit_sensitivity(acts, us, params, head=prep.head, decoded=decoded, threads=threads, progress=step)
+
+    if notify is None or not units:
+        return run(units)
+    t0 = time.perf_counter()
+    first = run(units[:1])
+    took = time.perf_counter() - t0
+    sizes = _downstream_nodes(prep.graph, units)
+    rest = took * sum(sizes[1:]) / max(sizes[0], 1)
+    notify(f"sensitivity pass: {len(units)} layers x {len(acts)} images, about {_duration(took + rest)} "
+           f"(the first layer took {took:.1f} s)")
+    return first + run(units[1:])
 
 
 def _clipped(f: np.ndarray, d: dict[str, Any]) -> float:
@@ -688,14 +739,22 @@ def _markdown_tables_to_html(lines: Sequence[str]) -> str:
     return "\n".join(out)
 
 
-def write_reports(a: Analysis, prefix: str | Path) -> list[Path]:
-    """``PREFIX.md``, ``PREFIX.html`` and ``PREFIX.json``."""
+def report_paths(prefix: str | Path) -> list[Path]:
+    """``PREFIX.md``, ``PREFIX.html`` and ``PREFIX.json`` (creates nothing)."""
     prefix = Path(prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    paths = [prefix.with_name(prefix.name + ext) for ext in (".md", ".html", ".json")]
-    paths[0].write_text(to_markdown(a))
-    paths[1].write_text(to_html(a))
-    paths[2].write_text(json.dumps(a.to_json(), indent=1))
+    return [prefix.with_name(prefix.name + ext) for ext in (".md", ".html", ".json")]
+
+
+def check_report_paths(prefix: str | Path, inputs: Sequence[str | Path] = ()) -> list[Path]:
+    """Refuse, before the analysis runs, report paths that are inputs, folders or unwritable."""
+    return [check_writable_output(p, inputs=inputs, kind="report") for p in report_paths(prefix)]
+
+
+def write_reports(a: Analysis, prefix: str | Path) -> list[Path]:
+    """``PREFIX.md``, ``PREFIX.html`` and ``PREFIX.json``, each written atomically."""
+    paths = report_paths(prefix)
+    for path, text in zip(paths, (to_markdown(a), to_html(a), json.dumps(a.to_json(), indent=1))):
+        write_text_atomic(path, text)
     return paths
 
 
@@ -706,8 +765,10 @@ __all__ = [
     "TensorRow",
     "analyze",
     "artifact_params",
+    "check_report_paths",
     "open_interpreter",
     "print_analysis",
+    "report_paths",
     "score_resolution",
     "stored_perm",
     "to_html",

@@ -37,13 +37,128 @@ class Letterbox:
         return out
 
 
+#: Largest image file read (a 100 MP PNG is ~100-300 MB; camera JPEGs are a few MB).
+MAX_IMAGE_BYTES = 256 << 20
+#: Most pixels an image may have (10000 x 10000): decoded BGR at this size is 300 MB.
+MAX_IMAGE_PIXELS = 100_000_000
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as BGR uint8, raising a clear error if it is not an image."""
+    """Read an image file as BGR uint8, raising a clear error if it is not an image.
+
+    Gray, RGBA and 16-bit images are converted by OpenCV (``IMREAD_COLOR``). Files above
+    ``MAX_IMAGE_BYTES`` and images above ``MAX_IMAGE_PIXELS`` are refused; for PNG, JPEG, GIF,
+    BMP, WebP, TIFF and PNM the size is read from the header, before anything is decoded (other
+    formats are checked after decoding), and a PNG whose chunks claim more bytes than the file
+    holds is refused before OpenCV allocates for them. A missing or unreadable file raises
+    ``OSError``, as before.
+    """
+    size = Path(path).stat().st_size
+    if size > MAX_IMAGE_BYTES:
+        raise CalibrationError(
+            f"image {path} is {size / 2**20:.0f} MiB, more than the {MAX_IMAGE_BYTES >> 20} MiB edgeq reads",
+            "downscale it or leave it out",
+        )
     data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    dims = _header_size(data[:65536].tobytes())
+    if dims is not None:
+        _check_pixels(path, *dims)
+    if data[:8].tobytes() == _PNG and not _png_chunks_fit(data):
+        # OpenCV trusts PNG chunk lengths: a 500-byte file declaring a 2 GiB chunk took 4 GB and 10 s
+        raise CalibrationError(f"cannot decode image {path}: a PNG chunk runs past the end of the file", "remove it or replace it with a valid JPEG/PNG")
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error:
+        img = None
     if img is None:
         raise CalibrationError(f"cannot decode image {path}", "remove it or replace it with a valid JPEG/PNG")
+    _check_pixels(path, img.shape[1], img.shape[0])
     return img
+
+
+def _check_pixels(path: str | Path, width: int, height: int) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise CalibrationError(
+            f"image {path} is {width} x {height} pixels, more than the {MAX_IMAGE_PIXELS // 1_000_000} MP edgeq reads",
+            "downscale it or leave it out",
+        )
+
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunks_fit(data: np.ndarray) -> bool:
+    """Whether every PNG chunk up to IEND (length, type, data, CRC) lies inside the file."""
+    buf = memoryview(data)
+    i, n = 8, len(data)
+    while i + 8 <= n:
+        length = int.from_bytes(buf[i : i + 4], "big")
+        if length > 0x7FFFFFFF or i + 12 + length > n:
+            return False
+        if bytes(buf[i + 4 : i + 8]) == b"IEND":
+            return True
+        i += 12 + length
+    return True  # no IEND: let the decoder say what is missing
+
+
+def _header_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG, JPEG, GIF, BMP, WebP, TIFF or PNM header; None for anything else."""
+    import re
+    import struct
+
+    if head[:4] in (b"II*\0", b"MM\0*") and len(head) >= 8:  # TIFF: ImageWidth / ImageLength of the first IFD
+        end = "<" if head[:2] == b"II" else ">"
+        (ifd,) = struct.unpack(end + "I", head[4:8])
+        if ifd + 2 > len(head):
+            return None
+        (count,) = struct.unpack(end + "H", head[ifd : ifd + 2])
+        dims: dict[int, int] = {}
+        for k in range(min(count, (len(head) - ifd - 2) // 12)):
+            tag, typ, _, value = struct.unpack(end + "HHI4s", head[ifd + 2 + 12 * k : ifd + 14 + 12 * k])
+            if tag in (256, 257):
+                dims[tag] = struct.unpack(end + ("H" if typ == 3 else "I"), value[: 2 if typ == 3 else 4])[0]
+        return (dims[256], dims[257]) if len(dims) == 2 else None
+    pnm = re.match(rb"P[1-6](?:\s|#[^\n]*\n)+(\d{1,10})(?:\s|#[^\n]*\n)+(\d{1,10})", head)
+    if pnm:
+        return int(pnm.group(1)), int(pnm.group(2))
+    if head[:8] == _PNG and head[12:16] == b"IHDR" and len(head) >= 24:
+        return struct.unpack(">2I", head[16:24])
+    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
+        return struct.unpack("<2H", head[6:10])
+    if head[:2] == b"BM" and len(head) >= 26:
+        w, h = struct.unpack("<2i", head[18:26])
+        return abs(w), abs(h)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and len(head) >= 30:
+        kind = head[12:16]
+        if kind == b"VP8X":
+            return 1 + int.from_bytes(head[24:27], "little"), 1 + int.from_bytes(head[27:30], "little")
+        if kind == b"VP8L" and head[20] == 0x2F:
+            bits = int.from_bytes(head[21:25], "little")
+            return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+        if kind == b"VP8 ":
+            w, h = struct.unpack("<2H", head[26:30])
+            return w & 0x3FFF, h & 0x3FFF
+        return None
+    if head[:2] == b"\xff\xd8":  # JPEG: walk the markers up to a start-of-frame
+        i = 2
+        while i + 9 <= len(head):
+            if head[i] != 0xFF:
+                return None
+            marker = head[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if marker in (0x01, *range(0xD0, 0xD8)):  # no length
+                i += 2
+                continue
+            length = int.from_bytes(head[i + 2 : i + 4], "big")
+            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+                h, w = struct.unpack(">2H", head[i + 5 : i + 9])
+                return w, h
+            if length < 2:
+                return None
+            i += 2 + length
+    return None
 
 
 def letterbox(image_bgr: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,10 @@ from edgeq.errors import EdgeqError
 from edgeq.eval.dataset import LabelMap, build_label_map, load_coco_json, select_images
 from edgeq.eval.errors import DatasetError, PredictionError
 from edgeq.eval.result import METRIC_KEYS, ClassAP, ValidationResult
+from edgeq.fileio import write_text_atomic
 from edgeq.runtime.types import Detections, Predictor
+
+log = logging.getLogger(__name__)
 
 Backend = Literal["auto", "faster-coco-eval", "pycocotools"]
 
@@ -268,13 +272,15 @@ def _predict_all(
     label_map: LabelMap,
     predict_kwargs: dict[str, Any],
     progress: bool,
+    label: str = "",
 ) -> tuple[list[dict[str, Any]], int, _Timings]:
-    """Predict every image; returns COCO results, dropped detection count, timings."""
+    """Predict every image; returns COCO results, dropped detection count, timings.
+    ``label``: the model's name, on the progress bar (``yolov8n: validating``)."""
     segment = bool(predict_kwargs["masks"])
     results: list[dict[str, Any]] = []
     dropped = 0
     timings = _Timings()
-    with _progress(len(records), progress, "validating") as bar:
+    with _progress(len(records), progress, f"{label}: validating" if label else "validating") as bar:
         task = bar.task_ids[0]
         for rec in records:
             img = _read(images_dir / rec["file_name"], rec)
@@ -291,6 +297,36 @@ def _predict_all(
     return results, dropped, timings
 
 
+#: missing images named in the warning before the rest are only counted
+_LISTED_MISSING = 3
+
+
+def _present_images(
+    gt: dict[str, Any], images: str | Path, json_path: Path, max_images: int | None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The image records to validate and the ``file_name`` of those missing from ``images``.
+
+    Missing files do not stop a run: those images are left out, with their ground truth, and
+    logged as a warning; the result counts them (``settings["missing_images"]``). No image at
+    all, a missing folder, or every image missing is a :class:`DatasetError` (from
+    :func:`select_images`).
+    """
+    folder = Path(images)
+    records = list(gt["images"])[: max_images if max_images is not None else None]
+    if not records or not folder.is_dir():
+        return select_images(gt, images, json_path, max_images), []
+    present = [r for r in records if (folder / r["file_name"]).is_file()]
+    missing = [str(r["file_name"]) for r in records if not (folder / r["file_name"]).is_file()]
+    if not present:  # nothing to validate: select_images says which folder and what is missing
+        return select_images(gt, images, json_path, max_images), missing
+    if missing:
+        first = ", ".join(missing[:_LISTED_MISSING]) + (f" and {len(missing) - _LISTED_MISSING} more"
+                                                       if len(missing) > _LISTED_MISSING else "")
+        log.warning("%d of %d images listed in %s are missing from %s and were skipped (%s)",
+                    len(missing), len(records), json_path, folder, first)
+    return select_images({**gt, "images": present}, images, json_path, None), missing
+
+
 def _model_name(predictor: Predictor, name: str | None) -> str:
     """A readable model name: explicit, the predictor's name/path, the metadata's, or its type."""
     if name:
@@ -304,6 +340,11 @@ def _model_name(predictor: Predictor, name: str | None) -> str:
 
 
 # ---------------------------------------------------------------- public entry point
+
+
+def save_coco_results(results: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write detections in COCO results format (atomically; the mode follows the umask)."""
+    return write_text_atomic(path, json.dumps(results))
 
 
 def validate(
@@ -347,22 +388,25 @@ def validate(
         bbox (and, for segmentation models, segm) metrics, per-class AP, counts and timings.
 
     Raises:
-        DatasetError: json missing or unparseable, images missing, or nothing to validate.
+        DatasetError: json missing or unparseable, image folder missing, every listed image
+            missing (some missing are skipped with a warning and counted in
+            ``settings["missing_images"]``), or nothing to validate.
         PredictionError: the predictor's output cannot be evaluated.
     """
     data = Path(data)
     gt = load_coco_json(data)
-    records = select_images(gt, images, data, max_images)
+    records, missing = _present_images(gt, images, data, max_images)
     meta = predictor.meta
     segment = meta.task == "segment"
     label_map = build_label_map(list(meta.labels), gt["categories"], class_map)
     if iou is None:
         iou = getattr(predictor, "iou", None) or meta.validation_iou or 0.7
     predict_kwargs = dict(conf=conf, iou=iou, max_det=max_det, multi_label=multi_label, masks=segment)
-    results, dropped, timings = _predict_all(predictor, records, Path(images), label_map, predict_kwargs, progress)
+    model_name = _model_name(predictor, name)
+    results, dropped, timings = _predict_all(predictor, records, Path(images), label_map, predict_kwargs, progress,
+                                             label=model_name)
     if save_json is not None:
-        Path(save_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(save_json).write_text(json.dumps(results), encoding="utf-8")
+        save_coco_results(results, save_json)
     image_ids = [int(r["id"]) for r in records]
     iou_types = ("bbox", "segm") if segment else ("bbox",)
     metrics, per_class, backend_name = evaluate_coco(gt, results, image_ids, iou_types, backend)
@@ -378,8 +422,11 @@ def validate(
         "backend": backend_name,
         "images_dir": str(images),
     }
+    if missing:
+        settings["missing_images"] = len(missing)
+        settings["missing_first"] = missing[:_LISTED_MISSING]
     return ValidationResult(
-        model=_model_name(predictor, name),
+        model=model_name,
         task=meta.task,
         dataset=str(data),
         images=len(records),

@@ -17,6 +17,13 @@ from typing import Any
 import numpy as np
 
 from edgeq.eval.errors import DatasetError
+from edgeq.meta.verify import json_depth
+
+#: Largest COCO json read: instances_train2017.json, the largest official file, is 448 MB.
+MAX_COCO_BYTES = 512 << 20
+#: Deepest nesting accepted (a COCO instances json nests 5 levels: polygons in annotations).
+MAX_COCO_DEPTH = 32
+_COCO_FIX = "check that it is a COCO instances file (images, annotations, categories)"
 
 # Official COCO category id of each of the 80 YOLO class indices (index = class id).
 COCO80_TO_COCO91: tuple[int, ...] = (
@@ -42,25 +49,126 @@ def _norm(name: str) -> str:
 
 
 def load_coco_json(path: str | Path) -> dict[str, Any]:
-    """Read a COCO instances json, checking the keys evaluation needs.
+    """Read a COCO instances json, checking the keys and types evaluation needs.
+
+    Checked: at most ``MAX_COCO_BYTES`` and ``MAX_COCO_DEPTH`` levels of nesting, UTF-8 JSON whose
+    top level is an object; ``images`` a list of objects with an integer ``id`` and a string
+    ``file_name`` (integer ``width``/``height`` when present); ``annotations`` (optional) a list of
+    objects with integer ``id``, ``image_id``, ``category_id``, a ``bbox`` of four numbers and, when
+    present, a numeric ``area``, an integer or boolean ``iscrowd`` and a ``segmentation`` that is
+    a list of polygons (lists of numbers) or an RLE object; ``categories`` a non-empty list of
+    objects with an integer ``id`` (and a string ``name`` when present).
 
     Raises:
-        DatasetError: the file is missing, not JSON, or lacks ``images``/``categories``.
+        DatasetError: the file is missing, too large, not JSON, or a field is missing or has the
+            wrong type (the message names it, e.g. ``annotations[12].bbox``).
     """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"COCO json not found: {path}", "pass the instances.json of the validation set")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if size > MAX_COCO_BYTES:
+            raise DatasetError(
+                f"COCO json {path} is {size / 2**20:.0f} MiB, more than the {MAX_COCO_BYTES >> 20} MiB edgeq reads",
+                "validate on a smaller split (instances_val2017.json is 25 MB)",
+            )
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DatasetError(f"cannot read COCO json {path}: {e.strerror or e}") from None
+    if json_depth(raw, MAX_COCO_DEPTH) > MAX_COCO_DEPTH:
+        raise DatasetError(f"cannot parse COCO json {path}: it nests more than {MAX_COCO_DEPTH} levels deep", _COCO_FIX)
+    try:
+        data = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"cannot parse COCO json {path}: {e}", "check that it is a COCO instances file") from e
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+    except (ValueError, RecursionError) as e:  # e.g. an integer beyond Python's digit limit
+        raise DatasetError(f"cannot parse COCO json {path}: {e}", _COCO_FIX) from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path} is not a COCO instances json (its top level is {_kind(data)}, not an object)", _COCO_FIX)
+    if "images" not in data or data["images"] is None:
         raise DatasetError(f"{path} is not a COCO instances json (no 'images' list)")
     if not data.get("categories"):
         raise DatasetError(f"{path} has no 'categories'", "a COCO instances json lists the categories it labels")
-    data.setdefault("annotations", [])
+    if data.get("annotations") is None:
+        data["annotations"] = []
+    if not isinstance(data.get("info", {}), dict):
+        raise DatasetError(f"{path}: field info is {_kind(data['info'])}, expected an object", _COCO_FIX)
+    _check_records(path, data, "images", _IMAGE_FIELDS)
+    _check_records(path, data, "annotations", _ANNOTATION_FIELDS)
+    _check_records(path, data, "categories", _CATEGORY_FIELDS)
     data.setdefault("info", {})
     return data
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return json.dumps(v)
+    return {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number"}.get(type(v), type(v).__name__)
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int
+
+
+def _is_num(v: Any) -> bool:
+    return type(v) is int or type(v) is float
+
+
+def _is_bbox(v: Any) -> bool:
+    return type(v) is list and len(v) == 4 and all(type(x) is int or type(x) is float for x in v)
+
+
+def _is_segmentation(v: Any) -> bool:
+    if type(v) is list:  # polygons
+        return all(type(p) is list and all(type(x) is int or type(x) is float for x in p) for p in v)
+    if type(v) is dict:  # RLE: counts (list of ints, or compressed string) and size [h, w]
+        counts, size = v.get("counts"), v.get("size")
+        ok_counts = type(counts) is str or (type(counts) is list and all(type(c) is int for c in counts))
+        return ok_counts and type(size) is list and len(size) == 2 and all(type(x) is int for x in size)
+    return False
+
+
+# field -> (check, required, expected)
+_Fields = dict[str, tuple[Any, bool, str]]
+_IMAGE_FIELDS: _Fields = {
+    "id": (_is_int, True, "an integer"),
+    "file_name": (lambda v: type(v) is str and v != "", True, "a non-empty string"),
+    "width": (_is_int, False, "an integer"),
+    "height": (_is_int, False, "an integer"),
+}
+_ANNOTATION_FIELDS: _Fields = {
+    "id": (_is_int, True, "an integer"),
+    "image_id": (_is_int, True, "an integer"),
+    "category_id": (_is_int, True, "an integer"),
+    "bbox": (_is_bbox, True, "a list of four numbers [x, y, w, h]"),
+    "area": (_is_num, False, "a number"),
+    "iscrowd": (lambda v: type(v) in (int, bool), False, "0 or 1"),
+    "segmentation": (_is_segmentation, False, "a list of polygons or an RLE object {counts, size}"),
+}
+_CATEGORY_FIELDS: _Fields = {
+    "id": (_is_int, True, "an integer"),
+    "name": (lambda v: type(v) is str, False, "a string"),
+}
+
+
+def _check_records(path: Path, data: dict[str, Any], key: str, fields: _Fields) -> None:
+    """Every record of ``data[key]`` is an object whose ``fields`` have the expected types."""
+    records = data[key]
+    if not isinstance(records, list):
+        raise DatasetError(f"{path}: field {key} is {_kind(records)}, expected a list", _COCO_FIX)
+    checks = list(fields.items())
+    for i, rec in enumerate(records):
+        if type(rec) is not dict:
+            raise DatasetError(f"{path}: {key}[{i}] is {_kind(rec)}, expected an object", _COCO_FIX)
+        for name, (ok, required, expected) in checks:
+            v = rec.get(name)
+            if v is None:
+                if required:
+                    raise DatasetError(f"{path}: {key}[{i}] has no {name!r}", _COCO_FIX)
+                continue
+            if not ok(v):
+                raise DatasetError(f"{path}: field {key}[{i}].{name} is {_kind(v)}, expected {expected}", _COCO_FIX)
 
 
 def select_images(

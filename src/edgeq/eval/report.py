@@ -18,6 +18,7 @@ from rich.table import Table
 from edgeq.eval.bootstrap import DeltaInterval, paired_bootstrap
 from edgeq.eval.floor import PerturbationFloor, floor_note, perturbation_floor
 from edgeq.eval.result import HEADLINE_KEYS, ValidationResult
+from edgeq.fileio import write_text_atomic
 
 # Settings that change the numbers; a comparison across different values is flagged.
 _COMPARABLE_SETTINGS = ("conf", "iou", "max_det", "multi_label", "max_images", "label_mapping")
@@ -160,17 +161,25 @@ def _interval_note(cmp: Comparison) -> str:
 # ---------------------------------------------------------------- formatting
 
 
+#: How metrics read on screen and in Markdown: mAP, AP and recall in percent, differences in
+#: percentage points (the unit of the bootstrap interval and the resolution floor). JSON keeps
+#: COCOeval's fractions.
+UNITS_NOTE = "mAP, AP and recall in %; Δ in percentage points"
+
+
 def _f(v: float | None) -> str:
-    return "–" if v is None else f"{v:.3f}"
+    """A metric (fraction) as a percentage: 0.4562 -> ``45.6``."""
+    return "–" if v is None else f"{100 * v:.1f}"
 
 
 def _d(v: float | None) -> str:
-    return "–" if v is None else f"{v:+.3f}"
+    """A difference of two metrics (fractions) in points: -0.0026 -> ``-0.26``."""
+    return "–" if v is None else f"{100 * v:+.2f}"
 
 
 def _styled_delta(v: float | None) -> str:
-    """Rich markup: losses red, gains green; below 0.0005 it rounds to zero, so no colour."""
-    if v is None or abs(v) < 5e-4:
+    """Rich markup: losses red, gains green; below 0.005 points it rounds to zero, so no colour."""
+    if v is None or abs(v) < 5e-5:
         return _d(v)
     return f"[{'red' if v < 0 else 'green'}]{_d(v)}[/]"
 
@@ -180,7 +189,10 @@ def _ms(r: ValidationResult) -> str:
 
 
 def _counts(r: ValidationResult) -> str:
-    return f"{r.images} images, {r.instances} instances, {r.detections} detections ({r.dropped} of other classes dropped)"
+    missing = r.settings.get("missing_images")
+    skipped = f" ({missing} listed in the json but missing from the folder: skipped)" if missing else ""
+    return (f"{r.images} images{skipped}, {r.instances} instances, {r.detections} detections "
+            f"({r.dropped} of other classes dropped)")
 
 
 # ---------------------------------------------------------------- rich
@@ -191,7 +203,7 @@ def result_table(r: ValidationResult, top_classes: int = 0) -> Table:
     table = Table(title=f"{r.model} on {Path(r.dataset).parent.name or r.dataset} ({r.images} images)")
     table.add_column("metric")
     for t in r.metrics:
-        table.add_column(t, justify="right")
+        table.add_column(f"{t} %", justify="right")
     for k in HEADLINE_KEYS:
         table.add_row(k, *(_f(r.metrics[t].get(k)) for t in r.metrics))
     for c in sorted(r.per_class.get("bbox", []), key=lambda c: c.ap50_95 or 0.0)[:top_classes]:
@@ -202,8 +214,8 @@ def result_table(r: ValidationResult, top_classes: int = 0) -> Table:
 
 def comparison_table(cmp: Comparison, top_classes: int = 5) -> Table:
     """A rich table: metric | a | b | b - a, then the classes that lose the most."""
-    table = Table(title=f"{cmp.b.model} vs {cmp.a.model} (baseline)")
-    for name, justify in (("metric", "left"), (cmp.a.model, "right"), (cmp.b.model, "right"), ("Δ", "right")):
+    table = Table(title=f"{cmp.b.model} vs {cmp.a.model} (baseline), in %")
+    for name, justify in (("metric", "left"), (cmp.a.model, "right"), (cmp.b.model, "right"), ("Δ points", "right")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for m in cmp.metrics:
         if m.metric in HEADLINE_KEYS:
@@ -251,6 +263,7 @@ def result_markdown(r: ValidationResult) -> str:
         f"- task: {r.task}; conf {s.get('conf')}, NMS IoU {s.get('iou')}, max_det {s.get('max_det')}, "
         f"multi_label {s.get('multi_label')}; labels mapped by {s.get('label_mapping')}; {s.get('backend')}",
         f"- mean ms/img: {_ms(r)}",
+        f"- {UNITS_NOTE}",
         "",
     ]
     keys = list(next(iter(r.metrics.values()), {}))
@@ -267,7 +280,7 @@ def result_markdown(r: ValidationResult) -> str:
 def comparison_markdown(cmp: Comparison) -> str:
     """A comparison as Markdown: every metric of both with the difference, then per-class AP."""
     a, b = cmp.a.model, cmp.b.model
-    lines = [f"## {b} vs {a} (baseline)", ""]
+    lines = [f"## {b} vs {a} (baseline)", "", f"{UNITS_NOTE}.", ""]
     lines += [f"> **Warning:** {w}" for w in cmp.warnings] + ([""] if cmp.warnings else [])
     lines += _md_table(["metric", a, b, "Δ"], [[f"{m.iou_type} {m.metric}", _f(m.a), _f(m.b), _d(m.delta)] for m in cmp.metrics])
     ta, tb = cmp.a.timings_ms.get("total"), cmp.b.timings_ms.get("total")
@@ -283,22 +296,22 @@ def comparison_markdown(cmp: Comparison) -> str:
 # ---------------------------------------------------------------- files
 
 
-def _report_paths(out: str | Path) -> tuple[Path, Path]:
-    """``dir/`` (or an existing dir) -> dir/report.{md,json}; anything else is a prefix."""
+def report_paths(out: str | Path) -> tuple[Path, Path]:
+    """Where :func:`write_report` writes: ``dir/`` (or an existing dir) -> dir/report.{md,json};
+    anything else is a prefix (a ``.md``/``.json`` suffix is dropped). Creates nothing."""
     out_s = str(out)
     p = Path(out)
     if p.is_dir() or out_s.endswith((os.sep, "/")):
         p = p / "report"
     elif p.suffix in (".md", ".json"):
         p = p.with_suffix("")
-    p.parent.mkdir(parents=True, exist_ok=True)
     return p.parent / f"{p.name}.md", p.parent / f"{p.name}.json"
 
 
 def write_report(
     results: ValidationResult | Comparison | Sequence[ValidationResult], out_dir_or_prefix: str | Path
 ) -> tuple[Path, Path]:
-    """Write a Markdown and a JSON report; returns their paths.
+    """Write a Markdown and a JSON report (each atomically); returns their paths.
 
     Args:
         results: one result, a comparison, or several results (each later one is compared
@@ -311,10 +324,10 @@ def write_report(
     else:
         runs = [results] if isinstance(results, ValidationResult) else list(results)
         comparisons = [compare(runs[0], r) for r in runs[1:]]
-    md_path, json_path = _report_paths(out_dir_or_prefix)
+    md_path, json_path = report_paths(out_dir_or_prefix)
     title = "# Validation report" + (f": {runs[0].model}" if len(runs) == 1 else "")
     sections = [title, "", *(comparison_markdown(c) for c in comparisons), *(result_markdown(r) for r in runs)]
-    md_path.write_text("\n".join(sections), encoding="utf-8")
     payload = {"results": [r.to_json() for r in runs], "comparisons": [c.to_json() for c in comparisons]}
-    json_path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(md_path, "\n".join(sections))
+    write_text_atomic(json_path, json.dumps(payload, indent=1) + "\n")
     return md_path, json_path

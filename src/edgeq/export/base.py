@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from edgeq.meta.build import TensorLike
-from edgeq.meta.embed import append_zip
+from edgeq.meta.embed import append_zip, zip_start
 from edgeq.meta.read import TensorDesc
 from edgeq.quant.constraints import Constraints
 from edgeq.quant.observe import TensorProbe
@@ -80,6 +80,11 @@ class Target(ABC):
     @abstractmethod
     def probe(self, emitted: Emitted, threads: int | None = None) -> TensorProbe:
         """Run ``emitted`` keeping intermediates, reading tensors by ONNX name."""
+
+    def model_bytes(self, artifact: bytes) -> bytes:
+        """The artifact without its embedded metadata (what ``edgeq.model_sha256`` covers)."""
+        end = zip_start(artifact)
+        return artifact if end is None else artifact[:end]
 
     def owns(self, path: Path) -> bool:
         """Whether ``path`` is an artifact of this target (by suffix)."""

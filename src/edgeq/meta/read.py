@@ -16,6 +16,12 @@ Sources, in order:
      with ``score_format: obj_x_class``, ``decoder_version: yolov5``.
 
 Anything else raises :class:`ArtifactError` naming the file, what is missing and what to do.
+
+Every input is bounded before it is parsed (see :mod:`edgeq.meta.embed` for the ZIP caps):
+``edgefirst.json`` (from the ZIP or ONNX ``metadata_props``) at most ``MAX_JSON_BYTES`` and
+``MAX_JSON_DEPTH`` levels of nesting, strict UTF-8, a JSON object whose fields have the types
+:meth:`ModelMeta.from_json` checks; labels at most ``MAX_LABELS``. Malformed input of any kind is
+an :class:`ArtifactError` naming the file and the field, never another exception.
 """
 from __future__ import annotations
 
@@ -28,11 +34,28 @@ from typing import Any
 import numpy as np
 
 from edgeq.errors import ArtifactError
-from edgeq.meta.embed import EDGEFIRST_JSON, read_embedded, read_labels
+from edgeq.meta.embed import (
+    EDGEFIRST_JSON,
+    EDGEFIRST_YAML,
+    LABELS_TXT,
+    MAX_LABELS,
+    MEMBER_CAPS,
+    METADATA_JSON,
+    parse_labels,
+    read_appended,
+)
 from edgeq.meta.schema import ModelMeta, Quant
+from edgeq.meta.verify import check_tflite_structure, json_depth
 
 _STRIDES = (8, 16, 32)
 _HOW_TO_FIX = "convert the model with `edgeq convert`, or pass meta= to edgeq.runtime.load"
+#: Largest edgefirst.json read (ZIP member or ONNX metadata_props value); see edgeq.meta.embed.
+MAX_JSON_BYTES = MEMBER_CAPS[EDGEFIRST_JSON]
+#: Deepest nesting accepted in metadata JSON (edgeq's own edgefirst.json nests 6 levels).
+MAX_JSON_DEPTH = 64
+#: Largest ONNX file read for its metadata (the protobuf limit).
+MAX_ONNX_BYTES = 2 << 30
+_BAD_META_FIX = "the metadata is damaged or was written by another tool; re-run `edgeq convert` on the source model"
 
 
 @dataclass(frozen=True)
@@ -52,28 +75,94 @@ def read_meta(path: str | Path) -> ModelMeta:
         raise ArtifactError(f"model file not found: {path}")
     if path.suffix.lower() == ".onnx":
         return _read_onnx(path)
-    files = read_embedded(path)
+    found = read_appended(path, (EDGEFIRST_JSON, EDGEFIRST_YAML, LABELS_TXT, METADATA_JSON))
+    if found is None:
+        raise ArtifactError(f"{path} has no appended ZIP, so its outputs cannot be described", _HOW_TO_FIX)
+    zipped, files = found
+    labels = parse_labels(files.get(LABELS_TXT, b""), f"{path}: {LABELS_TXT}")
     if EDGEFIRST_JSON in files:
-        return _from_edgefirst(json.loads(files[EDGEFIRST_JSON]), read_labels(files), path)
-    if "edgefirst.yaml" in files:
-        import yaml
-
-        return _from_edgefirst(yaml.safe_load(files["edgefirst.yaml"]), read_labels(files), path)
-    if "metadata.json" in files and path.suffix.lower() == ".tflite":
-        props = json.loads(files["metadata.json"])
+        return _from_edgefirst(load_json(files[EDGEFIRST_JSON], f"{path}: {EDGEFIRST_JSON}"), labels, path)
+    if EDGEFIRST_YAML in files:
+        return _from_edgefirst(_load_yaml(files[EDGEFIRST_YAML], f"{path}: {EDGEFIRST_YAML}"), labels, path)
+    if METADATA_JSON in files and path.suffix.lower() == ".tflite":
+        props = load_json(files[METADATA_JSON], f"{path}: {METADATA_JSON}")
+        if not isinstance(props, dict):
+            raise ArtifactError(f"{path}: {METADATA_JSON} is {_kind(props)}, expected a JSON object", _BAD_META_FIX)
         inputs, outputs = tflite_tensors(path)
-        return synthesize_ultralytics(props, inputs, outputs, path, layout="nhwc")
-    what = "has no appended ZIP" if not files else f"has an appended ZIP without {EDGEFIRST_JSON} ({sorted(files)})"
-    raise ArtifactError(f"{path} {what}, so its outputs cannot be described", _HOW_TO_FIX)
+        return _synthesize(props, inputs, outputs, path, layout="nhwc")
+    raise ArtifactError(
+        f"{path} has an appended ZIP without {EDGEFIRST_JSON} ({sorted(zipped.names)}), so its outputs cannot be described",
+        _HOW_TO_FIX,
+    )
 
 
-def _from_edgefirst(d: dict[str, Any], labels: list[str], path: Path) -> ModelMeta:
+def parse_edgefirst(data: bytes | str, labels: list[str] | None = None, path: str | Path = EDGEFIRST_JSON) -> ModelMeta:
+    """A :class:`ModelMeta` from the bytes of an edgefirst.json (bounded and type-checked).
+
+    Raises:
+        ArtifactError: naming ``path`` and the field that is wrong.
+    """
+    return _from_edgefirst(load_json(data, f"{path}: {EDGEFIRST_JSON}"), labels or [], Path(path))
+
+
+def load_json(data: bytes | str, where: str, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse untrusted metadata JSON: bounded size and nesting, strict UTF-8.
+
+    Raises:
+        ArtifactError: naming ``where`` (file and member) and what is wrong.
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if len(raw) > max_bytes:
+        raise ArtifactError(f"{where} is {len(raw)} bytes, more than the {max_bytes} edgeq reads", _BAD_META_FIX)
+    depth = json_depth(raw, max_depth)
+    if depth > max_depth:
+        raise ArtifactError(f"{where} nests more than {max_depth} levels deep", _BAD_META_FIX)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"{where} is not UTF-8 text (byte {e.start}: {e.reason})", _BAD_META_FIX) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{where} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})", _BAD_META_FIX) from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer beyond Python's digit limit
+        raise ArtifactError(f"{where} is not valid JSON ({e})", _BAD_META_FIX) from None
+
+
+def _load_yaml(data: bytes, where: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"{where} is not UTF-8 text (byte {e.start}: {e.reason})", _BAD_META_FIX) from None
+    except (yaml.YAMLError, RecursionError, ValueError) as e:
+        raise ArtifactError(f"{where} is not valid YAML ({type(e).__name__})", _BAD_META_FIX) from None
+
+
+def _kind(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(type(v), f"a {type(v).__name__}")
+
+
+def _from_edgefirst(d: Any, labels: list[str], path: Path) -> ModelMeta:
     try:
         return ModelMeta.from_json(d, labels or None)
     except ArtifactError as e:
         raise ArtifactError(f"{path}: {e.what}", e.fix) from None
-    except (KeyError, TypeError, ValueError, StopIteration) as e:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, StopIteration, RecursionError) as e:
         raise ArtifactError(f"{path}: edgefirst.json is malformed ({type(e).__name__}: {e})", _HOW_TO_FIX) from None
+
+
+def _synthesize(props: dict[str, Any], inputs: list[TensorDesc], outputs: list[TensorDesc], path: Path, layout: str) -> ModelMeta:
+    """:func:`synthesize_ultralytics`, with malformed metadata values reported as ArtifactError."""
+    try:
+        return synthesize_ultralytics(props, inputs, outputs, path, layout)
+    except ArtifactError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError, SyntaxError, RecursionError, MemoryError) as e:
+        raise ArtifactError(
+            f"{path}: its Ultralytics metadata is malformed ({type(e).__name__}: {str(e)[:200]})", _BAD_META_FIX
+        ) from None
 
 
 # ----------------------------------------------------------------------------- ONNX
@@ -82,17 +171,27 @@ def _from_edgefirst(d: dict[str, Any], labels: list[str], path: Path) -> ModelMe
 def _read_onnx(path: Path) -> ModelMeta:
     import onnx
 
+    size = path.stat().st_size
+    if size > MAX_ONNX_BYTES:
+        raise ArtifactError(f"{path} is {size / 2**30:.1f} GiB, larger than an ONNX protobuf can be (2 GiB)")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError/ValidationError variants
         raise ArtifactError(f"cannot parse {path} as ONNX: {e}") from None
     props = {p.key: p.value for p in model.metadata_props}
     if "edgefirst" in props:
-        labels = json.loads(props["labels"]) if "labels" in props else []
-        return _from_edgefirst(json.loads(props["edgefirst"]), labels, path)
-    inputs = [_onnx_desc(v) for v in model.graph.input if v.name not in {i.name for i in model.graph.initializer}]
-    outputs = [_onnx_desc(v) for v in model.graph.output]
-    return synthesize_ultralytics(props, inputs, outputs, path, layout="nchw")
+        labels: Any = load_json(props["labels"], f"{path}: metadata_props['labels']") if "labels" in props else []
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) or len(labels) > MAX_LABELS:
+            raise ArtifactError(
+                f"{path}: metadata_props['labels'] is not a JSON list of at most {MAX_LABELS} strings", _BAD_META_FIX
+            )
+        return _from_edgefirst(load_json(props["edgefirst"], f"{path}: metadata_props['edgefirst']"), labels, path)
+    try:
+        inputs = [_onnx_desc(v) for v in model.graph.input if v.name not in {i.name for i in model.graph.initializer}]
+        outputs = [_onnx_desc(v) for v in model.graph.output]
+    except (KeyError, ValueError, TypeError) as e:
+        raise ArtifactError(f"{path}: an input or output has an unknown element type ({type(e).__name__}: {e})") from None
+    return _synthesize(props, inputs, outputs, path, layout="nchw")
 
 
 def _onnx_desc(value: Any) -> TensorDesc:
@@ -111,6 +210,10 @@ def tflite_tensors(path: Path) -> tuple[list[TensorDesc], list[TensorDesc]]:
     """Input and output descriptions of a TFLite model file."""
     from ai_edge_litert.interpreter import Interpreter
 
+    try:
+        check_tflite_structure(path.read_bytes(), str(path))  # what would crash LiteRT instead of raising
+    except OSError as e:
+        raise ArtifactError(f"cannot read {path}: {e.strerror or e}") from None
     try:
         interp = Interpreter(model_path=str(path))
     except (ValueError, RuntimeError) as e:
@@ -139,24 +242,42 @@ def _tflite_desc(d: dict[str, Any]) -> TensorDesc:
 # ----------------------------------------------------------------------------- Ultralytics
 
 
+def _literal(raw: Any, key: str, path: Path) -> Any:
+    """A metadata value that may be written as a Python literal string ("{0: 'person'}", "[640, 640]")."""
+    if not isinstance(raw, str):
+        return raw
+    if len(raw) > MAX_JSON_BYTES:
+        raise ArtifactError(f"{path}: metadata {key!r} is {len(raw)} characters long", _BAD_META_FIX)
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
+        raise ArtifactError(f"{path}: metadata {key!r} is not a literal ({type(e).__name__})", _BAD_META_FIX) from None
+
+
 def _names(props: dict[str, Any], path: Path) -> list[str]:
     raw = props.get("names")
     if raw is None:
         return []
-    names = ast.literal_eval(raw) if isinstance(raw, str) else raw
+    names = _literal(raw, "names", path)
+    if isinstance(names, (dict, list)) and len(names) > MAX_LABELS:
+        raise ArtifactError(f"{path}: metadata 'names' lists {len(names)} classes, more than {MAX_LABELS}", _BAD_META_FIX)
     if isinstance(names, dict):
+        if not all(isinstance(k, int) or (isinstance(k, str) and k.strip().isdigit()) for k in names):
+            raise ArtifactError(f"{path}: metadata 'names' has keys that are not class indices", _BAD_META_FIX)
         return [str(names[k]) for k in sorted(names, key=int)]
     if isinstance(names, list):
         return [str(n) for n in names]
     raise ArtifactError(f"{path}: metadata 'names' is neither a dict nor a list")
 
 
-def _imgsz(props: dict[str, Any], inp: TensorDesc, layout: str) -> tuple[int, int]:
+def _imgsz(props: dict[str, Any], inp: TensorDesc, layout: str, path: Path | None = None) -> tuple[int, int]:
     raw = props.get("imgsz")
     if raw is not None:
-        v = ast.literal_eval(raw) if isinstance(raw, str) else raw
-        v = [v, v] if isinstance(v, int) else list(v)
-        return int(v[0]), int(v[1])
+        v = _literal(raw, "imgsz", path or Path("?"))
+        v = [v, v] if isinstance(v, int) else v
+        if not isinstance(v, (list, tuple)) or len(v) not in (1, 2) or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):
+            raise ArtifactError(f"{path}: metadata 'imgsz' is {raw!r:.60}, expected one or two positive integers", _BAD_META_FIX)
+        return int(v[0]), int(v[-1])
     hw = inp.shape[1:3] if layout == "nhwc" else inp.shape[2:4]
     return int(hw[0]), int(hw[1])
 
@@ -188,7 +309,7 @@ def synthesize_ultralytics(
             f"{path} carries neither edgefirst metadata nor Ultralytics metadata (names, imgsz, task)",
             _HOW_TO_FIX,
         )
-    imgsz = _imgsz(props, inputs[0], layout)
+    imgsz = _imgsz(props, inputs[0], layout, path)
     task = str(props.get("task", "detect"))
     det_out, proto_out = _split_outputs(outputs, path)
     nm = 0 if proto_out is None else min(d for d in proto_out.shape[1:])

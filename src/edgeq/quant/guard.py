@@ -13,7 +13,12 @@ combined one) in the units that matter to decoding:
 * the quantization **step** in natural units: pixels for boxes, probability for scores, logits
   for pre-sigmoid scores and DFL logits;
 * **levels**: how many INT8 steps span the component's observed float range;
-* **SQNR** (dB) of the dequantized artifact against the float graph.
+* **SQNR** (dB) of the dequantized artifact against the float graph;
+* the **representable maximum** (the largest code, dequantized): a score output that cannot
+  rise above ~0.5 (a sigmoid-read logit output whose range tops out at logit 0, the mark of a
+  calibration set that never produced a confident detection) has lost its ranking, whatever its
+  SQNR on the same images says;
+* **clipping**: how much of the float output on the guard's images lies above that maximum.
 
 Each component is ``ok``, ``warn`` or ``collapse``; the pipeline logs warnings with the
 concrete fix and records the report in the artifact's provenance. Intermediate tensors are
@@ -47,6 +52,16 @@ LEVEL_LIMITS = (64, 16)
 SQNR_LIMITS = (10.0, 4.0)
 #: An intermediate tensor below this SQNR (dB) is reported as collapsed.
 TENSOR_COLLAPSE_DB = 0.0
+#: (warn, collapse): the highest probability a score output must be able to express (its largest
+#: code, dequantized; through the sigmoid for a logit output). At 0.55 fewer than ~5 INT8 steps lie
+#: above logit 0, so every confident detection ties at the cap; a well calibrated YOLOv8n
+#: (200 COCO images) reaches 0.89 at its weakest scale.
+SCORE_CAP_LIMITS = (0.75, 0.55)
+#: Clipping at the top that warns: this share of the float values above the largest code ...
+CLIP_SHARE = 0.01
+#: ... or the float maximum above it by this much: in probability for scores (sigmoid-read logits
+#: through the sigmoid), else as a fraction of the representable range's width.
+CLIP_MARGIN = {"scores": 0.05, "values": 0.25}
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,10 @@ class Check:
     codes_used: int
     reason: str = ""
     fix: str = ""
+    #: the largest value the output can hold (its top code, dequantized; logits for a logit output)
+    range_max: float = float("nan")
+    #: share of the float values on the guard's images above ``range_max`` (by more than half a step)
+    clipped: float = 0.0
 
 
 @dataclass
@@ -126,7 +145,7 @@ class GuardReport:
 
 def _rounded(c: Check) -> dict[str, Any]:
     d = asdict(c)
-    for k in ("sqnr_db", "step", "levels"):
+    for k in ("sqnr_db", "step", "levels", "range_max", "clipped"):
         d[k] = None if not np.isfinite(d[k]) else round(float(d[k]), 4)
     return {k: v for k, v in d.items() if v not in ("", None)}
 
@@ -165,16 +184,38 @@ def _combined(name: str, phys: Output, nc: int, imgsz: int, normalized: bool) ->
     return parts
 
 
+@dataclass(frozen=True)
+class _Range:
+    """What an integer tensor can represent: its smallest and largest code, dequantized."""
+
+    lo: float
+    hi: float
+    scale: float
+    dtype: str  # INT8, INT16, UINT8
+
+    @classmethod
+    def of(cls, probe: TensorProbe, name: str) -> _Range:
+        dtype = probe.codes(name).dtype
+        info = np.iinfo(dtype)
+        scale, zp = probe.scale(name), probe.zero_point(name)
+        return cls((info.min - zp) * scale, (info.max - zp) * scale, scale, dtype.name.upper())
+
+
 class _Stats:
-    """Signal, noise, observed range and codes of one component over the images."""
+    """Signal, noise, observed range, codes and clipping of one component over the images."""
 
     def __init__(self) -> None:
         self.signal = self.noise = 0.0
         self.lo, self.hi = np.inf, -np.inf
         self.seen = np.zeros(1 << 16, bool)
+        self.values = self.above = 0
 
-    def add(self, ref: np.ndarray, approx: np.ndarray, codes: np.ndarray | None = None, sigmoid: bool = False) -> None:
+    def add(self, ref: np.ndarray, approx: np.ndarray, codes: np.ndarray | None = None, sigmoid: bool = False,
+            rng: _Range | None = None) -> None:
         self.lo, self.hi = min(self.lo, float(ref.min())), max(self.hi, float(ref.max()))
+        if rng is not None:
+            self.values += ref.size
+            self.above += int(np.count_nonzero(ref > rng.hi + 0.5 * rng.scale))
         ref64, approx = ref.astype(np.float64), approx.astype(np.float64)
         if sigmoid:
             ref64, approx = np.maximum(ref64, LOGIT_FLOOR), np.maximum(approx, LOGIT_FLOOR)
@@ -182,6 +223,11 @@ class _Stats:
         self.noise += float(np.sum((ref64 - approx) ** 2))
         if codes is not None:
             self.seen[(codes.astype(np.int64).ravel() + (1 << 15)) & 0xFFFF] = True
+
+    @property
+    def clipped(self) -> float:
+        """Share of the float values above the representable range (0 when not measured)."""
+        return self.above / self.values if self.values else 0.0
 
     @property
     def codes_used(self) -> int:
@@ -209,24 +255,31 @@ def check_artifact(graph: onnx.ModelProto, probe: TensorProbe, parts: Sequence[C
     floats = FloatProbe(graph, names, threads)
     stats = {p.label: _Stats() for p in parts}
     tensors = {n: _Stats() for n in names}
+    ranges: dict[str, _Range] = {}
     for rgb in images:
         probe.run(rgb)
         ref = floats.run(rgb)
         for p in parts:
-            stats[p.label].add(p.take(ref[p.tensor]), p.take(probe.value(p.tensor)), p.take(probe.codes(p.tensor)), p.sigmoid)
+            if p.tensor not in ranges:
+                ranges[p.tensor] = _Range.of(probe, p.tensor)
+            stats[p.label].add(p.take(ref[p.tensor]), p.take(probe.value(p.tensor)), p.take(probe.codes(p.tensor)),
+                               p.sigmoid, ranges[p.tensor])
         for n in names:
             tensors[n].add(ref[n], probe.value(n))
-    checks = [_judge(p, stats[p.label], probe.scale(p.tensor), split) for p in parts]
+    checks = [_judge(p, stats[p.label], probe.scale(p.tensor), ranges.get(p.tensor), split) for p in parts]
     outputs = {p.tensor for p in parts}
     checks.extend(_tensor_check(n, s, probe.scale(n)) for n, s in tensors.items()
                   if n not in outputs and s.sqnr_db < TENSOR_COLLAPSE_DB)
     return GuardReport(checks, len(images))
 
 
-def _judge(p: Component, s: _Stats, scale: float, split: str) -> Check:
+def _judge(p: Component, s: _Stats, scale: float, rng: _Range | None, split: str) -> Check:
     step = scale * p.unit
     levels = (s.hi - s.lo) / scale if s.hi > s.lo else float("inf")
     limits = STEP_LIMITS.get(p.kind)
+    capped = _score_cap(p, rng) if rng is not None else None
+    clipped = _clipping(p, s, rng) if rng is not None else ""
+    range_max = rng.hi if rng is not None else float("nan")
     for verdict, i in (("collapse", 1), ("warn", 0)):
         coarse = []
         if limits and step >= limits[i]:
@@ -234,11 +287,53 @@ def _judge(p: Component, s: _Stats, scale: float, split: str) -> Check:
         if levels < LEVEL_LIMITS[i]:
             coarse.append(f"only {levels:.0f} steps span its range (limit {LEVEL_LIMITS[i]})")
         noisy = s.sqnr_db < SQNR_LIMITS[i]
-        if coarse or noisy:
-            reasons = coarse + ([f"SQNR {s.sqnr_db:.1f} dB (limit {SQNR_LIMITS[i]:g} dB)"] if noisy else [])
-            return Check(p.label, p.kind, verdict, s.sqnr_db, step, levels, s.codes_used, "; ".join(reasons),
-                         _fix(p, split, coarse=bool(coarse)))
-    return Check(p.label, p.kind, "ok", s.sqnr_db, step, levels, s.codes_used)
+        cap = capped is not None and capped <= SCORE_CAP_LIMITS[i]
+        clip = bool(clipped) and verdict == "warn"  # clipping warns; it is named whenever present
+        if coarse or noisy or cap or clip:
+            reasons = ([_cap_reason(p, rng, capped, i)] if cap else []) + coarse + \
+                      ([f"SQNR {s.sqnr_db:.1f} dB (limit {SQNR_LIMITS[i]:g} dB)"] if noisy else []) + ([clipped] if clipped else [])
+            fix = _CALIBRATE_FIX if cap or (clip and not coarse and not noisy) else _fix(p, split, coarse=bool(coarse))
+            return Check(p.label, p.kind, verdict, s.sqnr_db, step, levels, s.codes_used, "; ".join(reasons), fix,
+                         range_max, s.clipped)
+    return Check(p.label, p.kind, "ok", s.sqnr_db, step, levels, s.codes_used, range_max=range_max, clipped=s.clipped)
+
+
+def _sigmoid(x: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0))))
+
+
+def _score_cap(p: Component, rng: _Range) -> float | None:
+    """The highest probability a score output can express (None: not a score output)."""
+    if p.sigmoid:
+        return _sigmoid(rng.hi)
+    return rng.hi if p.kind == "scores" else None
+
+
+def _cap_reason(p: Component, rng: _Range, cap: float, i: int) -> str:
+    where = (f"its {rng.dtype} range tops out at logit {rng.hi:.2f}" if p.sigmoid
+             else f"its largest {rng.dtype} code dequantizes to {rng.hi:.2f}")
+    return f"{p.label} can never exceed {cap:.2f}: {where} (limit {SCORE_CAP_LIMITS[i]:g})"
+
+
+def _clipping(p: Component, s: _Stats, rng: _Range) -> str:
+    """Why the top of ``p``'s float values is clipped heavily on the guard's images ("" when it is not)."""
+    if not s.values or s.hi <= rng.hi + 0.5 * rng.scale:
+        return ""
+    if p.sigmoid or p.kind == "scores":
+        f = _sigmoid if p.sigmoid else float
+        excess, margin = f(s.hi) - f(rng.hi), CLIP_MARGIN["scores"]
+        over = f"float scores reach {f(s.hi):.3f}, the artifact's at most {f(rng.hi):.3f}"
+    else:
+        excess, margin = (s.hi - rng.hi) / max(rng.hi - rng.lo, 1e-30), CLIP_MARGIN["values"]
+        over = f"float values reach {s.hi:.4g}, {excess:.0%} of its range above its largest code {rng.hi:.4g}"
+    if s.clipped <= CLIP_SHARE and excess <= margin:
+        return ""
+    return f"clipped at the top: {s.clipped:.2%} of the values on the guard's images lie above its range ({over})"
+
+
+_CALIBRATE_FIX = ("the range stops where the calibration images stopped (they never gave higher values here): "
+                  "calibrate on >= 100 representative colour images letterboxed like deployment, e.g. a sample of "
+                  "the training or validation set")
 
 
 _UNITS = {"boxes": "px", "scores": "(probability)", "logits": "logits", "values": ""}

@@ -41,6 +41,10 @@ class TensorProbe(Protocol):
         """The quantization step of ``name``."""
         ...
 
+    def zero_point(self, name: str) -> int:
+        """The zero point of ``name``: the code that stands for 0.0 (``value = (code - zp) * scale``)."""
+        ...
+
 
 class FloatProbe:
     """Runs the float ONNX graph exposing the tensors asked for."""

@@ -15,6 +15,7 @@ Tensors each backend expects and returns:
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from edgeq.errors import ArtifactError
 from edgeq.meta.read import TensorDesc, read_meta
 from edgeq.meta.schema import ModelMeta, Output, Quant
 from edgeq.export import TARGETS, get_target, target_for_file
-from edgeq.export.base import Backend
+from edgeq.export.base import Backend, Target
 from edgeq.runtime.decoder import Decoder
 from edgeq.decode.masks import process_masks
 from edgeq.runtime.types import Detections
@@ -270,6 +271,21 @@ def _as_bgr(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def check_integrity(path: Path, meta: ModelMeta, target: Target) -> None:
+    """Refuse an artifact whose model bytes differ from those edgeq wrote (``edgeq.model_sha256``):
+    damaged weights still run, and would silently find nothing."""
+    recorded = meta.edgeq.get("model_sha256")
+    if not isinstance(recorded, str):
+        return  # not written by edgeq (or before the checksum existed)
+    actual = hashlib.sha256(target.model_bytes(path.read_bytes())).hexdigest()
+    if actual != recorded:
+        raise ArtifactError(
+            f"{path}: the model bytes do not match the checksum recorded when it was converted "
+            f"(sha256 {actual[:16]}..., recorded {recorded[:16]}...): the file is damaged",
+            "copy the artifact again, or convert the model again",
+        )
+
+
 def load(path: str | Path, *, threads: int | None = None, meta: ModelMeta | None = None) -> Model:
     """Load an artifact of any registered target (``.tflite``, ...) or a float ``.onnx`` model, and
     its metadata.
@@ -285,6 +301,8 @@ def load(path: str | Path, *, threads: int | None = None, meta: ModelMeta | None
     suffix = path.suffix.lower()
     target = target_for_file(path)
     if target is not None:
+        meta = meta if meta is not None else read_meta(path)
+        check_integrity(path, meta, target)
         backend: Backend = target.backend(path, threads)
     elif suffix == ".onnx":
         backend = OnnxBackend(path, threads)

@@ -64,6 +64,10 @@ class ArtifactProbe:
         """The quantization step of ``name``."""
         return self.tensors[name].scale
 
+    def zero_point(self, name: str) -> int:
+        """The zero point of ``name`` (``value = (code - zero_point) * scale``)."""
+        return self.tensors[name].zero_point
+
 
 def _stored_tensors(details: list[dict], layouts: Mapping[str, Sequence[int]]) -> dict[str, StoredTensor]:
     found = {}

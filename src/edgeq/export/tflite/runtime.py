@@ -7,6 +7,7 @@ import numpy as np
 
 from edgeq.errors import ArtifactError
 from edgeq.meta.read import describe_interpreter
+from edgeq.meta.verify import check_tflite_structure
 
 
 class TFLiteBackend:
@@ -15,8 +16,10 @@ class TFLiteBackend:
     def __init__(self, path: Path, threads: int | None) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
+        # LiteRT crashes (rather than raises) on some malformed flatbuffers: refuse those first
+        data = check_tflite_structure(Path(path).read_bytes(), str(path))
         try:
-            self.interp = Interpreter(model_path=str(path), num_threads=threads)
+            self.interp = Interpreter(model_content=data, num_threads=threads)
             self.interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise ArtifactError(f"LiteRT cannot load {path}: {e}") from None
