@@ -27,6 +27,23 @@ class Letterbox:
     orig_h: int
     orig_w: int
 
+    def points_to_original(self, xy: np.ndarray) -> np.ndarray:
+        """Map ``(..., 2)`` points (x, y) from model-input pixels to original-image pixels (unclipped)."""
+        out = np.asarray(xy, np.float32).copy()
+        out[..., 0] = (out[..., 0] - self.pad_x) / self.gain
+        out[..., 1] = (out[..., 1] - self.pad_y) / self.gain
+        return out
+
+    def map_to_original(self, plane: np.ndarray, interpolation: int = 0) -> np.ndarray:
+        """A (H, W) model-input plane (class map, score map) cropped of its padding and resized to
+        the original image (nearest neighbour by default: class indices stay class indices)."""
+        import cv2
+
+        top, left = int(round(self.pad_y)), int(round(self.pad_x))
+        h, w = int(round(self.orig_h * self.gain)), int(round(self.orig_w * self.gain))
+        crop = np.ascontiguousarray(plane[top:top + h, left:left + w])
+        return cv2.resize(crop, (self.orig_w, self.orig_h), interpolation=interpolation)
+
     def to_original(self, boxes_xyxy: np.ndarray) -> np.ndarray:
         """Map boxes from model-input pixels back to original-image pixels (clipped)."""
         out = boxes_xyxy.astype(np.float32, copy=True)

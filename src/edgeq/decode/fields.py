@@ -37,7 +37,7 @@ import functools
 import math
 from collections.abc import Mapping
 from typing import Protocol
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -389,6 +389,10 @@ class DecodeResult:
     class_ids: np.ndarray  # (K,) int64
     coefs: np.ndarray | None  # (K, nm) float32 mask coefficients
     num_candidates: int = 0
+    #: per kept detection, family-specific values in model-input pixels, e.g. ``keypoints``
+    #: (K, nk, 3) or ``rotated`` (K, 5: cx, cy, w, h, angle); whole-image results of dense
+    #: heads: ``probs`` (nc,), ``class_map`` (H, W) at model-input resolution
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- heads
@@ -433,3 +437,10 @@ class HeadDecoder(Protocol):
     def coefs(self, outputs: Arrays, rows: np.ndarray) -> np.ndarray | None:
         """Mask coefficients of the global anchor ``rows`` (None without a mask branch)."""
         ...
+
+
+# Optional head-decoder hooks, looked up with getattr by the runtime Decoder:
+#   extras(outputs, rows) -> dict[str, np.ndarray]     per kept row: keypoints, rotated boxes, ...
+#   suppress(cand, extras, iou, max_det, agnostic) -> keep indices   a family's own NMS (rotated IoU)
+#   dense(outputs) -> dict[str, np.ndarray]            whole-image heads (classify, semantic):
+#                                                      ``probs`` and/or ``class_map``; no candidates

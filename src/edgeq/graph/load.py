@@ -220,10 +220,6 @@ def load_model(path: str | Path) -> LoadedModel:
     model, sha = read_onnx(path)
     info = model_info(model, path, sha)
     _fix_batch(model, _image_input(model, path), info.imgsz)
-    if info.task not in ("detect", "segment"):
-        raise ModelError(
-            f"{path}: task {info.task!r} is not supported yet (detect and segment are)",
-        )
     _check_weights(model, path)
     return LoadedModel(model=normalize(model, path), info=info, path=path)
 

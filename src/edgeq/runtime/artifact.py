@@ -250,7 +250,7 @@ class Model:
             )
         t4 = time.perf_counter()
         timings = {"preprocess": t1 - t0, "inference": t2 - t1, "decode": t3 - t2, "masks": t4 - t3}
-        return Detections(
+        dets = Detections(
             boxes=boxes,
             scores=res.scores.astype(np.float32),
             class_ids=res.class_ids.astype(np.int64),
@@ -258,6 +258,27 @@ class Model:
             masks=mask_arr,
             timings_ms={k: v * 1e3 for k, v in timings.items()},
         )
+        return _with_extras(dets, res.extras, lb)
+
+
+def _with_extras(dets: Detections, extras: dict[str, np.ndarray], lb: Letterbox) -> Detections:
+    """Family-specific results mapped from model-input to original-image pixels."""
+    if "keypoints" in extras:
+        kpts = extras["keypoints"].astype(np.float32, copy=True)
+        kpts[..., :2] = lb.points_to_original(kpts[..., :2])
+        dets.keypoints = kpts
+    if "rotated" in extras:
+        rot = extras["rotated"].astype(np.float32, copy=True)
+        rot[:, :2] = lb.points_to_original(rot[:, :2])
+        rot[:, 2:4] /= lb.gain
+        dets.rotated = rot
+    if "probs" in extras:
+        probs = extras["probs"].astype(np.float32)
+        top = np.argsort(-probs, kind="stable")[:5]
+        dets.probs, dets.class_ids, dets.scores = probs, top.astype(np.int64), probs[top]
+    if "class_map" in extras:
+        dets.class_map = lb.map_to_original(extras["class_map"])
+    return dets
 
 
 def _as_bgr(image: np.ndarray) -> np.ndarray:

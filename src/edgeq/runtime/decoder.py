@@ -54,15 +54,27 @@ class Decoder:
     ) -> DecodeResult:
         """Threshold, decode candidates, NMS; boxes in model-input pixels, best first.
 
-        ``iou`` / ``agnostic`` None: the IoU and NMS mode the metadata declares.
+        ``iou`` / ``agnostic`` None: the IoU and NMS mode the metadata declares. Whole-image
+        heads (classify, semantic) return no detections and their results in ``extras``.
         """
+        dense = getattr(self.head, "dense", None)
+        if dense is not None:
+            empty = np.zeros((0,), np.float32)
+            return DecodeResult(np.zeros((0, 4), np.float32), empty, empty.astype(np.int64), None, extras=dense(outputs))
         cand = self.head.candidates(outputs, conf, multi_label)
         iou = self.iou if iou is None else iou
         agnostic = self.agnostic if agnostic is None else agnostic
-        keep = nms(cand.boxes, cand.scores, iou, max_det, None if agnostic else cand.class_ids)
+        per_row = getattr(self.head, "extras", None)
+        extras = per_row(outputs, cand.rows) if per_row is not None else {}
+        suppress = getattr(self.head, "suppress", None)
+        if suppress is not None:  # the family's own NMS (e.g. rotated IoU)
+            keep = suppress(cand, extras, iou, max_det, agnostic)
+        else:
+            keep = nms(cand.boxes, cand.scores, iou, max_det, None if agnostic else cand.class_ids)
         kept = cand.take(keep)
         coefs = self.head.coefs(outputs, kept.rows) if self.segments else None
-        return DecodeResult(kept.boxes, kept.scores, kept.class_ids, coefs, num_candidates=int(cand.scores.shape[0]))
+        return DecodeResult(kept.boxes, kept.scores, kept.class_ids, coefs, num_candidates=int(cand.scores.shape[0]),
+                            extras={k: v[keep] for k, v in extras.items()})
 
     def protos(self, outputs: Arrays) -> np.ndarray | None:
         """The dequantized prototype masks as (Hp, Wp, nm) float32, or None."""

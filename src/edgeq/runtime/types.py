@@ -21,6 +21,14 @@ class Detections:
         masks: (N, H, W) bool instance masks at image resolution, or None (detection models,
             or prediction without masks).
         timings_ms: optional per-stage timings (preprocess, inference, decode).
+        keypoints: (N, K, 3) float32 ``x, y, visibility`` per detection in original-image
+            pixels (pose models), or None.
+        rotated: (N, 5) float32 ``cx, cy, w, h, angle`` (radians) in original-image pixels
+            (oriented boxes; ``boxes`` then holds their axis-aligned hulls), or None.
+        probs: (nc,) float32 class probabilities of the whole image (classifiers; ``class_ids``
+            and ``scores`` then hold the top-5, ``boxes`` is empty), or None.
+        class_map: (H, W) int class index per pixel at image resolution (semantic
+            segmentation), or None.
     """
 
     boxes: np.ndarray
@@ -29,6 +37,10 @@ class Detections:
     labels: list[str]
     masks: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    keypoints: np.ndarray | None = None
+    rotated: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    class_map: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
