@@ -232,7 +232,10 @@ def _check_weights(model: onnx.ModelProto, path: Path) -> None:
     for init in model.graph.initializer:
         if init.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
             continue
-        values = numpy_helper.to_array(init)
+        try:
+            values = numpy_helper.to_array(init)
+        except (ValueError, TypeError) as e:  # data that does not fill its declared dims
+            raise ModelError(f"{path}: weight {init.name!r} is malformed ({e})", "export the model again") from None
         bad = int(values.size - np.count_nonzero(np.isfinite(values)))
         if bad:
             raise ModelError(f"{path}: weight {init.name!r} holds {bad} NaN or infinite value(s) of {values.size}",
