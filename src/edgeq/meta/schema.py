@@ -149,6 +149,12 @@ class Output:
         )
 
 
+#: ``model.task`` words (EdgeFirst's and Ultralytics') -> edgeq's task names; detection and
+#: segmentation are also recognised from the outputs
+_TASK_WORDS = {"pose": "pose", "keypoints": "pose", "obb": "obb", "classification": "classify",
+               "classify": "classify", "semantic": "semantic", "semantic_segmentation": "semantic"}
+
+
 @dataclass
 class ModelMeta:
     """Everything a runtime needs to preprocess, run and decode an artifact.
@@ -243,7 +249,7 @@ class ModelMeta:
         edgeq = d.get("edgeq") or {}
         return cls(
             decoder_version=_field(d, "decoder_version", "", _is_str, "a string", "yolov8"),
-            task="segment" if is_seg else "detect",
+            task=_TASK_WORDS.get(task_word) or ("segment" if is_seg else "detect"),
             labels=list(names),
             input_shape=shape,
             input_layout=layout,
