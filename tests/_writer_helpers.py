@@ -175,7 +175,7 @@ def fake_quant_model(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto
             w = g.consts[node.input[1]]
             p = plan.weights[node.input[1]]
             replaced[node.input[1]] = p.dequantize(p.quantize(w))
-        elif node.op_type in ("Add", "Sub", "Mul"):
+        elif node.op_type in ("Add", "Sub", "Mul", "MatMul"):
             dtype = plan.activations[node.output[0]].dtype
             for i in node.input:
                 if g.is_const(i):

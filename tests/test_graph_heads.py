@@ -64,9 +64,8 @@ def test_yolov5_anchor_head_and_anchors_from_graph():
     assert head.anchors[2] == ((116, 90), (156, 198), (373, 326))
 
 
-@pytest.mark.parametrize("name", ["yolox_nano.onnx"])
-def test_unknown_head_says_what_to_do(name):
-    m = load_model(shared_path("models", name))
+def test_unknown_head_says_what_to_do(headless_onnx):
+    m = load_model(headless_onnx)
     with pytest.raises(HeadNotFoundError) as e:
         discover_head(m.model, m.info)
     assert "--split combined" in str(e.value) and "graph outputs" in str(e.value)

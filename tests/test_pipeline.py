@@ -123,10 +123,10 @@ def test_accuracy_smoke_map_on_dev_subset(smart_det, val_dev):
     assert cmp.floor is not None and len(cmp.floor.deltas["bbox"]) == 8 and cmp.floor.bound() < 0.03
 
 
-def test_unknown_head_fails_clearly_without_output(tmp_path):
+def test_unknown_head_fails_clearly_without_output(tmp_path, headless_onnx):
     out = tmp_path / "x.tflite"
     with pytest.raises(HeadNotFoundError, match="--split combined"):
-        convert(shared_path("models", "yolox_nano.onnx"), shared_path("coco-calib"), out, progress=False)
+        convert(headless_onnx, shared_path("coco-calib"), out, progress=False)
     assert not out.exists()
 
 

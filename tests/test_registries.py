@@ -20,7 +20,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "edgeq"
 
 
 def test_every_registered_family_and_target_implements_its_interface():
-    assert set(FAMILIES) == {"yolov8", "yolov5"}
+    assert set(FAMILIES) == {"yolov8-obb", "yolov8-pose", "yolov8", "yolov5", "classify", "semantic", "yolo26", "yolox"}
     for name, family in FAMILIES.items():
         assert isinstance(family, HeadFamily) and family.name == name
         assert family.nms in ("class_aware", "class_agnostic") and 0 < family.iou <= 1
@@ -53,9 +53,9 @@ def test_discovery_goes_through_the_registry(model, family):
     assert all(f.discover(m.model, m.info) is None for f in others)  # each family claims only its own
 
 
-def test_a_graph_no_family_recognises_names_every_family():
-    m = load_model(shared_path("models", "yolox_nano.onnx"))
-    with pytest.raises(HeadNotFoundError, match="yolov8, yolov5"):
+def test_a_graph_no_family_recognises_names_every_family(headless_onnx):
+    m = load_model(headless_onnx)
+    with pytest.raises(HeadNotFoundError, match="tried yolov8-obb, .*yolov8, yolov5"):
         discover_head(m.model, m.info)
 
 

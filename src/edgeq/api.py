@@ -124,15 +124,58 @@ def validate_models(
             check_writable_output(path, inputs=inputs, kind="report")
     kwargs = dict(conf=conf, iou=iou, max_det=max_det, max_images=max_images, progress=progress,
                   keep_matches=ci and compare is not None)
-    result = ev.validate(load(model, threads=threads), data, images, save_json=save_json, **kwargs)
+    loaded = load(model, threads=threads)
+    if loaded.meta.task in _WHOLE_IMAGE:
+        return _validate_whole_image(loaded, data, images, compare=compare, save_json=save_json, report=report,
+                                     max_images=max_images, threads=threads, progress=progress, ci=ci)
+    validate = _validator(loaded.meta.task)
+    result = validate(loaded, data, images, save_json=save_json, **kwargs)
     if compare is None:
         ev.print_result(result, top_classes=5)
         if report:
             ev.write_report(result, report)
         return result
-    other = ev.validate(load(compare, threads=threads), data, images, **kwargs)
+    other = validate(load(compare, threads=threads), data, images, **kwargs)
     cmp = ev.compare(other, result, ci=ci)
     ev.print_comparison(cmp)
     if report:
         ev.write_report(cmp, report)
     return cmp
+
+
+def _validator(task: str):
+    """The validation function of a task (``model.meta.task``): COCO box/mask mAP by default."""
+    if task == "obb":
+        from edgeq.eval.rotated import validate_rotated
+
+        return validate_rotated
+    from edgeq.eval import validate
+
+    return validate
+
+
+#: whole-image tasks (``model.meta.task``) -> the eval module with their ``validate_task`` and
+#: ``print_task``: top-1/top-5 on an image-folder set, mIoU on COCO instance masks
+_WHOLE_IMAGE = {"classify": "edgeq.eval.classify", "semantic": "edgeq.eval.semantic"}
+
+
+def _validate_whole_image(loaded, data, images, *, compare, save_json, report, max_images, threads, progress, ci):
+    """Validate a classifier / semantic model (and ``compare`` on the same data); print the table."""
+    import importlib
+
+    from edgeq.runtime import load
+
+    task = loaded.meta.task
+    for flag, value in (("--save-json", save_json), ("--report", report), ("--ci", ci)):
+        if value:
+            raise EdgeqError(f"{flag} is not available for {task} models", f"validate without {flag}")
+    module = importlib.import_module(_WHOLE_IMAGE[task])
+    keep = compare is not None
+    result = module.validate_task(loaded, data, images, max_images=max_images, progress=progress, keep=keep)
+    if compare is None:
+        module.print_task(result)
+        return result
+    other = module.validate_task(load(compare, threads=threads), data, images, max_images=max_images,
+                                 progress=progress, keep=keep)
+    module.print_task(result, other)
+    return result

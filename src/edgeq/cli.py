@@ -238,9 +238,23 @@ def predict(
     from edgeq.api import predict_image
 
     dets, _ = _run(predict_image, model, image, conf=conf, iou=iou, threads=threads, output=output)
-    t = Table("#", "class", "score", "x1", "y1", "x2", "y2")
-    for i, (name, s, b) in enumerate(zip(dets.names, dets.scores, dets.boxes)):
-        t.add_row(str(i), name, f"{s:.3f}", *(f"{v:.1f}" for v in b))
+    kpts = dets.keypoints  # pose: visible (visibility > 0.5) / all keypoints per detection
+    if dets.probs is not None:  # classifier: the top-5 classes of the image
+        t = Table("#", "class", "probability")
+        for i, (name, s) in enumerate(zip(dets.names, dets.scores)):
+            t.add_row(str(i + 1), name, f"{s:.4f}")
+    elif dets.class_map is not None:  # semantic segmentation: the classes by share of the image
+        import numpy as np
+
+        ids, counts = np.unique(dets.class_map, return_counts=True)
+        t = Table("class", "pixels %")
+        for c, n in sorted(zip(ids.tolist(), counts.tolist()), key=lambda p: -p[1])[:10]:
+            t.add_row(dets.labels[c] if 0 <= c < len(dets.labels) else str(c), f"{100 * n / dets.class_map.size:.1f}")
+    else:
+        t = Table("#", "class", "score", "x1", "y1", "x2", "y2", *(("keypoints",) if kpts is not None else ()))
+        for i, (name, s, b) in enumerate(zip(dets.names, dets.scores, dets.boxes)):
+            extra = (f"{int((kpts[i, :, 2] > 0.5).sum())}/{kpts.shape[1]}",) if kpts is not None else ()
+            t.add_row(str(i), name, f"{s:.3f}", *(f"{v:.1f}" for v in b), *extra)
     Console().print(t)
     if dets.timings_ms:
         console.print("  " + ", ".join(f"{k} {v:.1f} ms" for k, v in dets.timings_ms.items()))
@@ -251,7 +265,7 @@ def predict(
 @_command()
 def validate(
     model: Path = typer.Argument(..., metavar="MODEL", help="Artifact (.tflite) or ONNX model."),
-    data: Path = typer.Option(..., "--data", help="COCO instances.json with the ground truth."),
+    data: Path = typer.Option(..., "--data", help="The ground truth: a COCO instances.json (detect, segment; semantic models: per-pixel classes built from its instance masks, background where there is none, scored as mIoU); for classifiers a folder with one sub-folder of images per class, named as the model's labels (top-1 / top-5; --images unused)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder; images the json lists but the folder lacks are skipped with a warning (all missing: an error). [default: images/ beside --data]"),
     compare: Optional[Path] = typer.Option(None, "--compare", help="A second model evaluated on the same images, shown side by side. [default: none]"),
     save_json: Optional[Path] = typer.Option(None, "--save-json", help="Write detections in COCO results format (path checked before validating). [default: none]"),

@@ -5,10 +5,11 @@ import hashlib
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 from tqdm import tqdm
 
@@ -100,13 +101,15 @@ def _score_logits(prep: Prepared) -> set[str]:
 def make_plan(
     graph: onnx.ModelProto, hists: dict[str, StreamingHistogram], config: ConvertConfig,
     int16: Iterable[str] = (), logits: Iterable[str] = (), int8_views: Mapping[str, QParams] | None = None,
+    input_params: QParams | None = None,
 ) -> QuantPlan:
     """Choose a range per tensor, then the constrained INT8 parameters.
 
     ``int16``: the 16x8 tensors. They take their exact min/max range: at 16 bits rounding is
     negligible, so clipping would be the only error left. Their int8 consumers read them with
     ``int8_views`` (the plain int8 plan's parameters). ``logits``: score-logit outputs, floored
-    at ``logit(SCORE_FLOOR)`` in int8.
+    at ``logit(SCORE_FLOOR)`` in int8. ``input_params``: the graph input's quantization (default
+    uint8 scale 1/255: see :func:`input_params`).
     """
     constraints = get_target(config.target).constraints
     outputs = {o.name for o in graph.graph.output}
@@ -124,10 +127,18 @@ def make_plan(
             methods[name] += "+score_floor"
     ranges, derived = with_derived_ranges(graph, ranges, constraints)
     methods.update(dict.fromkeys(derived, "derived"))
-    plan = plan_from_ranges(graph, ranges, constraints=constraints, methods=methods, int16=int16, int8_views=int8_views)
+    plan = plan_from_ranges(graph, ranges, constraints=constraints, methods=methods, int16=int16, int8_views=int8_views,
+                            input_name_params=input_params)
     plan.notes["range_methods"] = dict(sorted(Counter(methods.values()).items()))
     plan.notes["range_transfers"] = dict(sorted(Counter(t.name for n, t in transfers.items() if n in hists).items()))
     return plan
+
+
+def input_params(prep: Prepared) -> QParams | None:
+    """The input quantization of the model's input convention: raw uint8 pixels whose scale is the
+    model's pixel scale (None: the planner's default, uint8 scale 1/255)."""
+    conv = prep.input_convention
+    return None if conv.unit_scale else QParams(np.float32(conv.pixel_scale), 0, "uint8")
 
 
 def _mixed_precision(prep: Prepared, hists: dict[str, StreamingHistogram], plan: QuantPlan, calib: CalibrationSet, config: ConvertConfig) -> tuple[QuantPlan, dict[str, Any]]:
@@ -141,7 +152,8 @@ def _mixed_precision(prep: Prepared, hists: dict[str, StreamingHistogram], plan:
     int16, record = mixed_precision(prep.graph, plan.activations, constraints=get_target(config.target).constraints,
                                     names=config.int16, budget_percent=config.int16_budget,
                                     images=images, head=prep.head, decoded=decoded, threads=FLOAT_PASS_THREADS)
-    return make_plan(prep.graph, hists, config, int16=int16, logits=_score_logits(prep), int8_views=plan.activations), record
+    return make_plan(prep.graph, hists, config, int16=int16, logits=_score_logits(prep), int8_views=plan.activations,
+                     input_params=input_params(prep)), record
 
 
 def _calib_fingerprint(calib: CalibrationSet) -> str:
@@ -242,7 +254,7 @@ def export_artifact(
     """Plan, write and embed metadata from calibration statistics (the stages after calibrate)."""
     target = get_target(config.target)
     info = prep.loaded.info
-    plan = make_plan(prep.graph, hists, config, logits=_score_logits(prep))
+    plan = make_plan(prep.graph, hists, config, logits=_score_logits(prep), input_params=input_params(prep))
     mixed = None
     if config.int16 or config.int16_budget is not None:
         plan, mixed = _mixed_precision(prep, hists, plan, calib_set, config)
@@ -262,7 +274,8 @@ def export_artifact(
         provenance["guard"] = _guard(prep, target, written, outputs, calib_set, config)
     provenance["model_sha256"] = hashlib.sha256(written.buffer).hexdigest()  # checked by edgeq.load
     meta = build_meta(info, outputs, written.inputs[0], provenance, name=name, decoder_version=family.name,
-                      nms=family.nms, iou=family.iou)
+                      nms=family.nms, iou=family.iou, preprocessing=family.preprocessing,
+                      input_convention=prep.input_convention.to_json(), end2end=getattr(prep.head, "end2end", None))
     files = metadata_files(meta.to_json(), meta.labels)
     _write_atomic(out_path, target.embed(written.buffer, files))
     log.info("wrote %s", out_path)
@@ -299,6 +312,9 @@ def convert(
 
         check_names(prep.graph, config.int16)
     calib_set = calibration_set(calib, count=config.calib_count)
+    if prep.head is not None:  # the family's preprocessing (classifiers centre-crop), as prediction does it
+        calib_set = replace(calib_set, preprocessing=get_family(prep.head.family).preprocessing)
+    calib_set = replace(calib_set, input_convention=prep.input_convention)  # its channels, scale and pad
     calib_set = _checked(calib_set, out_path, config, progress, model_path.stem)
     prep.techniques["calibration_checks"] = _calibration_checks(calib_set, prep.loaded.info.imgsz)
     prep = round_weights(prep, calib_set, config)

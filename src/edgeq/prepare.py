@@ -14,6 +14,7 @@ from typing import Any
 
 import onnx
 
+from edgeq.calib.preprocess import InputConvention
 from edgeq.errors import ArtifactError, EdgeqError
 from edgeq.families import discover_head, get_family
 from edgeq.graph.heads import HeadSpec, apply_split_hints
@@ -33,6 +34,8 @@ class Prepared:
     techniques: dict[str, Any] = field(default_factory=dict)
     #: the float graph before weight rounding: what the guard checks the artifact against
     reference: onnx.ModelProto | None = None
+    #: the input values the model takes (its head family's; the default for ``combined``)
+    input_convention: InputConvention = field(default_factory=InputConvention)
 
 
 def load_hints(path: Path) -> list[dict[str, Any]]:
@@ -81,7 +84,7 @@ def prepare(model_path: str | Path, *, split: str = "smart", split_hints: Path |
     if hints:
         head = apply_split_hints(head, hints)
     graph = get_family(head.family).cut(loaded.model, head)
-    prep = Prepared(loaded, graph, head, False)
+    prep = Prepared(loaded, graph, head, False, input_convention=get_family(head.family).input_convention)
     if hints:
         prep.techniques["split_hints"] = hints
     return _equalized(prep, equalized)

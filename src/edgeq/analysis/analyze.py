@@ -25,7 +25,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -357,7 +357,9 @@ def analyze(
     constraints = get_target(prov.get("target") or "tflite").constraints
     decoded = get_family(prep.head.family).decoded_errors if prep.head is not None else None
     imgsz = prep.loaded.info.imgsz
-    image_set = calibration_set(images, count=count)
+    # the artifact's own input: its family's preprocessing and pixel convention, as in calibration
+    image_set = replace(calibration_set(images, count=count), input_convention=prep.input_convention,
+                        preprocessing=meta.raw.get("validation", {}).get("preprocessing", "letterbox"))
     rgbs = list(image_set.images(imgsz))
     acts = FloatActivations(prep.graph, rgbs, threads)
     interp = open_interpreter(artifact_path)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq.calib.preprocess import letterbox, read_image
+from edgeq.calib.preprocess import InputConvention, read_image
 from edgeq.errors import CalibrationError
 
 log = logging.getLogger(__name__)
@@ -40,14 +40,22 @@ class CalibrationSet:
     paths: tuple[Path, ...]
     source: str
     files: tuple[Path, ...] = ()
+    #: how each image becomes the model input (:data:`edgeq.calib.preprocess.PREPROCESSING`); the
+    #: pipeline sets the head family's, so calibration sees what prediction will
+    preprocessing: str = "letterbox"
+    #: the model's channel order, pixel scale and letterbox pad placement (the head family's,
+    #: set by the pipeline): the images are the artifact's input pixels
+    input_convention: InputConvention = InputConvention()
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def images(self, imgsz: tuple[int, int]) -> Iterator[np.ndarray]:
-        """Yield letterboxed RGB uint8 HWC images, one at a time."""
+        """Yield preprocessed (letterboxed, by default) uint8 HWC images, one at a time: RGB, or in
+        the channel order of :attr:`input_convention` (whose pixel scale they carry, see
+        :func:`edgeq.calib.preprocess.to_nchw_float`)."""
         for p in self.paths:
-            yield letterbox(read_image(p), imgsz)[0]
+            yield self.input_convention.pixels(read_image(p), imgsz, self.preprocessing)[0]
 
 
 def _from_folder(folder: Path) -> list[Path]:

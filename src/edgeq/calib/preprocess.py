@@ -3,11 +3,18 @@
 Ultralytics' letterbox, exactly: scale the long side to the model size (never a different
 ratio per axis), linear resize, pad with 114 split evenly (centred) with the same rounding
 as ``ultralytics.data.augment.LetterBox``, RGB channel order.
+
+Models trained another way declare it as an :class:`InputConvention` (a head family's
+``input_convention`` attribute; in an artifact the ``edgeq.input_convention`` extension field, see
+:meth:`InputConvention.to_json`): the channel order the model takes, the factor from 0..255 pixels
+to its input values, and where the letterbox padding goes (``center`` as Ultralytics, or
+``bottom_right`` as Megvii's YOLOX ``preproc``: the resized image at the top-left corner).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -41,7 +48,11 @@ class Letterbox:
 
         top, left = int(round(self.pad_y)), int(round(self.pad_x))
         h, w = int(round(self.orig_h * self.gain)), int(round(self.orig_w * self.gain))
-        crop = np.ascontiguousarray(plane[top:top + h, left:left + w])
+        crop = np.ascontiguousarray(plane[max(top, 0):top + h, max(left, 0):left + w])
+        if crop.dtype.kind in "iub" and crop.dtype not in (np.uint8, np.int8, np.uint16, np.int16, np.int32):
+            # cv2.resize takes no int64 (argmax's dtype) or bool: class maps go through int32
+            out = cv2.resize(crop.astype(np.int32), (self.orig_w, self.orig_h), interpolation=interpolation)
+            return out.astype(crop.dtype)
         return cv2.resize(crop, (self.orig_w, self.orig_h), interpolation=interpolation)
 
     def to_original(self, boxes_xyxy: np.ndarray) -> np.ndarray:
@@ -178,17 +189,38 @@ def _header_size(head: bytes) -> tuple[int, int] | None:
     return None
 
 
-def letterbox(image_bgr: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
-    """Letterbox a BGR image to ``size`` = (height, width); returns RGB uint8 HWC and the mapping."""
+#: Letterbox pad placements: ``center`` (Ultralytics) and ``bottom_right`` (image at the top-left corner).
+PADS = ("center", "bottom_right")
+#: Channel orders a model may take.
+CHANNELS = ("rgb", "bgr")
+#: The default pixel scale: the model takes ``pixels / 255``.
+UNIT_SCALE = 1 / 255
+
+
+def letterbox(image_bgr: np.ndarray, size: tuple[int, int], pad: str = "center") -> tuple[np.ndarray, Letterbox]:
+    """Letterbox a BGR image to ``size`` = (height, width); returns RGB uint8 HWC and the mapping.
+
+    ``pad``: ``center`` splits the padding evenly (Ultralytics' rounding); ``bottom_right`` puts
+    the resized image at the top-left corner and all padding below and to the right, with the
+    resized size truncated as YOLOX's ``preproc`` does (``int(w0 * gain)``).
+    """
+    if pad not in PADS:
+        raise ValueError(f"letterbox pad {pad!r} is not one of {', '.join(PADS)}")
     h0, w0 = image_bgr.shape[:2]
     new_h, new_w = size
     gain = min(new_h / h0, new_w / w0)
-    unpad_w, unpad_h = int(round(w0 * gain)), int(round(h0 * gain))
+    if pad == "bottom_right":
+        unpad_w, unpad_h = max(1, int(w0 * gain)), max(1, int(h0 * gain))
+    else:
+        unpad_w, unpad_h = int(round(w0 * gain)), int(round(h0 * gain))
     dw, dh = (new_w - unpad_w) / 2, (new_h - unpad_h) / 2
     if (w0, h0) != (unpad_w, unpad_h):
         image_bgr = cv2.resize(image_bgr, (unpad_w, unpad_h), interpolation=cv2.INTER_LINEAR)
-    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
-    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    if pad == "bottom_right":
+        top, bottom, left, right = 0, new_h - unpad_h, 0, new_w - unpad_w
+    else:
+        top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
+        left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
     padded = cv2.copyMakeBorder(
         image_bgr, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3
     )
@@ -196,6 +228,121 @@ def letterbox(image_bgr: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray,
     return rgb, Letterbox(gain=gain, pad_x=float(left), pad_y=float(top), orig_h=h0, orig_w=w0)
 
 
+
+def center_crop(image_bgr: np.ndarray, size: tuple[int, int], pad: str = "center") -> tuple[np.ndarray, Letterbox]:
+    """Ultralytics' ``classify_transforms``: scale the short side to the model size (linear), crop
+    the centre; returns RGB uint8 HWC and the mapping (negative pads: the crop offset). ``pad`` is
+    ignored (nothing is padded)."""
+    h0, w0 = image_bgr.shape[:2]
+    new_h, new_w = size
+    gain = max(new_h / h0, new_w / w0)
+    rw, rh = max(new_w, int(round(w0 * gain))), max(new_h, int(round(h0 * gain)))
+    if (rw, rh) != (w0, h0):
+        image_bgr = cv2.resize(image_bgr, (rw, rh), interpolation=cv2.INTER_LINEAR)
+    top, left = int(round((rh - new_h) / 2)), int(round((rw - new_w) / 2))
+    crop = np.ascontiguousarray(image_bgr[top:top + new_h, left:left + new_w])
+    rgb = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+    return rgb, Letterbox(gain=gain, pad_x=float(-left), pad_y=float(-top), orig_h=h0, orig_w=w0)
+
+
+#: How an image becomes a model input (``validation.preprocessing``): ``letterbox`` (detectors),
+#: ``center_crop`` (classifiers).
+PREPROCESSING = {"letterbox": letterbox, "center_crop": center_crop}
+
+
+def preprocess_image(image_bgr: np.ndarray, size: tuple[int, int], method: str = "letterbox",
+                     pad: str = "center") -> tuple[np.ndarray, Letterbox]:
+    """``image_bgr`` as an RGB uint8 HWC model input by ``method`` (a key of :data:`PREPROCESSING`)
+    and the mapping back; ``pad``: where a letterbox puts its padding (see :func:`letterbox`)."""
+    fn = PREPROCESSING.get(method)
+    if fn is None:
+        raise CalibrationError(f"unknown preprocessing {method!r}", f"use one of {', '.join(PREPROCESSING)}")
+    return fn(image_bgr, size, pad)
+
+
+@dataclass(frozen=True)
+class InputConvention:
+    """What a model's input values are, beyond the resize: where a letterbox puts its ``pad``,
+    the ``channels`` order, and ``pixel_scale`` (model input = 0..255 pixels * ``pixel_scale``).
+
+    The default is Ultralytics' convention (centred pad, RGB, ``/255``); Megvii's YOLOX takes BGR
+    0..255 padded at the bottom/right (``InputConvention("bottom_right", "bgr", 1.0)``).
+    """
+
+    pad: str = "center"
+    channels: str = "rgb"
+    pixel_scale: float = UNIT_SCALE
+
+    #: version of the ``edgeq.input_convention`` JSON this class writes and reads
+    VERSION: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        if self.pad not in PADS:
+            raise ValueError(f"input convention pad {self.pad!r} is not one of {', '.join(PADS)}")
+        if self.channels not in CHANNELS:
+            raise ValueError(f"input convention channels {self.channels!r} is not one of {', '.join(CHANNELS)}")
+        if not (isinstance(self.pixel_scale, (int, float)) and 0 < self.pixel_scale <= 1):
+            raise ValueError(f"input convention pixel_scale {self.pixel_scale!r} is not in (0, 1]")
+
+    @property
+    def unit_scale(self) -> bool:
+        """The model takes ``pixels / 255`` (the default)."""
+        return self.pixel_scale == UNIT_SCALE
+
+    def pixels(self, image_bgr: np.ndarray, size: tuple[int, int], method: str = "letterbox") -> tuple[np.ndarray, Letterbox]:
+        """uint8 HWC model-input pixels (``method``: see :func:`preprocess_image`) in the model's
+        channel order, and the mapping back.
+
+        For the default convention this is exactly ``preprocess_image`` (RGB). With a pixel scale
+        other than 1/255 the array is a :class:`Pixels` that carries it, so :func:`to_nchw_float`
+        makes the float model's input from it.
+        """
+        pix, lb = preprocess_image(image_bgr, size, method, self.pad)
+        if self.channels == "bgr":
+            pix = np.ascontiguousarray(pix[..., ::-1])
+        if not self.unit_scale:
+            pix = pix.view(Pixels)
+            pix.pixel_scale = float(self.pixel_scale)
+        return pix, lb
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``edgeq.input_convention`` extension field, version 1 (EdgeFirst has no field for the
+        pad placement or a 0..255 input)::
+
+            {"version": 1, "pad": "center" | "bottom_right", "pad_value": 114,
+             "channels": "rgb" | "bgr", "pixel_scale": 0.00392156862745098 | 1.0}
+
+        ``channels`` repeats ``input.cameraadaptor``; ``pixel_scale`` is what a float input takes
+        (an integer input's own quantization already holds it: uint8 scale 1/255 or 1).
+        """
+        return {"version": self.VERSION, "pad": self.pad, "pad_value": PAD_VALUE,
+                "channels": self.channels, "pixel_scale": float(self.pixel_scale)}
+
+    @classmethod
+    def from_json(cls, d: Any, channels: str = "rgb") -> "InputConvention":
+        """Read ``edgeq.input_convention``; absent, another version or malformed: the defaults with
+        ``channels`` (``input.cameraadaptor``)."""
+        channels = channels.lower() if isinstance(channels, str) and channels.lower() in CHANNELS else "rgb"
+        if not isinstance(d, dict) or d.get("version") != cls.VERSION:
+            return cls(channels=channels)
+        try:
+            return cls(pad=d.get("pad", "center"), channels=d.get("channels", channels),
+                       pixel_scale=float(d.get("pixel_scale", UNIT_SCALE)))
+        except (TypeError, ValueError):
+            return cls(channels=channels)
+
+
+class Pixels(np.ndarray):
+    """uint8 HWC pixels that carry the ``pixel_scale`` of the model they were made for."""
+
+    pixel_scale: float
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.pixel_scale = getattr(obj, "pixel_scale", UNIT_SCALE)
+
+
 def to_nchw_float(rgb_hwc: np.ndarray) -> np.ndarray:
-    """RGB uint8 HWC -> float32 NCHW in [0, 1], the float ONNX model's input."""
-    return (rgb_hwc.transpose(2, 0, 1)[None].astype(np.float32)) * np.float32(1 / 255)
+    """uint8 HWC pixels -> the float ONNX model's float32 NCHW input: ``pixels / 255``, or
+    ``pixels * pixel_scale`` for :class:`Pixels` made by :meth:`InputConvention.pixels`."""
+    scale = getattr(rgb_hwc, "pixel_scale", UNIT_SCALE)
+    return (np.asarray(rgb_hwc).transpose(2, 0, 1)[None].astype(np.float32)) * np.float32(scale)

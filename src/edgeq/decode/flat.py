@@ -4,7 +4,10 @@ One ``detection`` tensor ``[1, F, N]`` or ``[1, N, F]`` (the upstream "combined"
 separate flat ``boxes``, ``scores``, ``objectness``, ``mask_coefs`` tensors. Features are
 ``cx, cy, w, h`` (input pixels, or ``[0, 1]`` when ``normalized``), then (``obj_x_class`` only)
 objectness, then ``nc`` class scores (already activated unless ``activation_required``), then mask
-coefficients.
+coefficients, then (pose) keypoint columns ``x0, y0(, v0), x1, ...`` already decoded (input pixels, or
+``[0, 1]`` like the boxes; visibility activated). The keypoint layout is ``edgeq.kpt_shape`` (written
+for plain Ultralytics pose exports), else, for ``task: pose``, the columns left after the classes
+(3 values per keypoint when they divide by 3). Keypoints come out through :meth:`FlatHead.extras`.
 """
 from __future__ import annotations
 
@@ -41,6 +44,8 @@ class FlatHead:
         protos = meta.output("protos")
         nm = num_protos(protos) if protos is not None else 0
         det = meta.output("detection")
+        self.kpt_field: Field | None = None
+        self.kpt_shape: tuple[int, int] | None = None
         self.score_format = "per_class"
         self.obj: Field | None = None
         self.obj_activation: str | None = None
@@ -57,15 +62,21 @@ class FlatHead:
         self.score_format = det.score_format or ("obj_x_class" if meta.decoder_version == "yolov5" else "per_class")
         n_obj = 1 if self.score_format == "obj_x_class" else 0
         nc = len(meta.labels)
-        fax = feature_axis(det, 4 + n_obj + nc + nm if nc else None)
+        explicit = _kpt_shape(meta)
+        nkf = explicit[0] * explicit[1] if explicit else 0
+        fax = feature_axis(det, 4 + n_obj + nc + nm + nkf if nc and (explicit or meta.task != "pose") else None)
         nf = int(det.shape[fax])
-        nc = nc or nf - 4 - n_obj - nm
-        if 4 + n_obj + nc + nm != nf:
+        self.kpt_shape = explicit or (_inferred_kpt_shape(nf - 4 - n_obj - nc - nm) if nc and meta.task == "pose" else None)
+        nkf = self.kpt_shape[0] * self.kpt_shape[1] if self.kpt_shape else 0
+        nc = nc or nf - 4 - n_obj - nm - nkf
+        if 4 + n_obj + nc + nm + nkf != nf:
             raise ArtifactError(
                 f"output {det.name!r} has {nf} features; expected 4 box + {n_obj} objectness + {nc} classes"
-                f" + {nm} mask coefficients = {4 + n_obj + nc + nm}",
+                f" + {nm} mask coefficients + {nkf} keypoint values = {4 + n_obj + nc + nm + nkf}",
                 "check the labels and the protos output in the metadata",
             )
+        nf_kpt = nf - nkf
+        self.kpt_field = make_field(det, quant_of(quant, det), fax, slice(nf_kpt, nf)) if nkf else None
         q = quant_of(quant, det)
         self.det_out = det
         self.boxes = make_field(det, q, fax, slice(0, 4))
@@ -74,7 +85,7 @@ class FlatHead:
             self.obj_activation = activation_of(det)
         self.scores = make_field(det, q, fax, slice(4 + n_obj, 4 + n_obj + nc))
         self.activation = activation_of(det)
-        self.coef_field = make_field(det, q, fax, slice(4 + n_obj + nc, nf)) if nm else None
+        self.coef_field = make_field(det, q, fax, slice(4 + n_obj + nc, nf_kpt)) if nm else None
 
     def _init_split(self, meta: ModelMeta, quant: Mapping[str, Quant | None]) -> None:
         boxes, scores = meta.output("boxes"), meta.output("scores")
@@ -139,3 +150,37 @@ class FlatHead:
         if self.coef_field is None:
             return None
         return self.coef_field.values(self.coef_field.rows(outputs)[rows])
+
+    def extras(self, outputs: Arrays, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Pose: ``keypoints`` (len(rows), nk, 3) x, y, visibility in input pixels (v 1 when absent)."""
+        if self.kpt_field is None or self.kpt_shape is None:
+            return {}
+        nk, ndim = self.kpt_shape
+        vals = self.kpt_field.values(self.kpt_field.rows(outputs)[rows]).reshape(-1, nk, ndim)
+        out = np.ones((rows.shape[0], nk, 3), np.float32)
+        out[..., :ndim] = vals
+        normalized = self.normalized
+        if normalized is None:  # the boxes' "infer" rule, on the same rows
+            b = self.boxes.values(self.boxes.rows(outputs)[rows])
+            normalized = bool(b.size) and float(np.abs(b).max()) <= 2.0
+        if normalized:
+            out[..., 0] *= self.size[0]
+            out[..., 1] *= self.size[1]
+        return {"keypoints": out}
+
+
+def _kpt_shape(meta: ModelMeta) -> tuple[int, int] | None:
+    """``edgeq.kpt_shape`` (keypoints, values per keypoint) when the metadata declares it."""
+    v = meta.edgeq.get("kpt_shape") if isinstance(meta.edgeq, dict) else None
+    if (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+            and v[0] > 0 and v[1] in (2, 3)):
+        return int(v[0]), int(v[1])
+    return None
+
+
+def _inferred_kpt_shape(columns: int) -> tuple[int, int] | None:
+    """The keypoint layout of ``columns`` trailing values: x, y, visibility when they divide by 3."""
+    if columns <= 0:
+        return None
+    ndim = 3 if columns % 3 == 0 else 2 if columns % 2 == 0 else 0
+    return (columns // ndim, ndim) if ndim else None

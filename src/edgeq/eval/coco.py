@@ -22,7 +22,7 @@ from edgeq.calib.preprocess import read_image
 from edgeq.errors import EdgeqError
 from edgeq.eval.dataset import LabelMap, build_label_map, load_coco_json, select_images
 from edgeq.eval.errors import DatasetError, PredictionError
-from edgeq.eval.result import METRIC_KEYS, ClassAP, ValidationResult
+from edgeq.eval.result import ClassAP, ValidationResult, metric_keys
 from edgeq.fileio import write_text_atomic
 from edgeq.runtime.types import Detections, Predictor
 
@@ -58,12 +58,14 @@ def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
 
 
 def detections_to_coco(
-    det: Detections, image_id: int, label_map: LabelMap, with_masks: bool = False
+    det: Detections, image_id: int, label_map: LabelMap, with_masks: bool = False, with_keypoints: bool = False
 ) -> tuple[list[dict[str, Any]], int]:
     """COCO result records for one image, and how many detections were dropped.
 
     Detections whose class is not a dataset category are dropped (a person-only set must not
-    count a car as a false positive). Boxes become xywh; masks become RLE when ``with_masks``.
+    count a car as a false positive). Boxes become xywh; masks become RLE when ``with_masks``;
+    ``Detections.keypoints`` become COCO ``keypoints`` ``[x0, y0, v0, x1, ...]`` (original-image
+    pixels; v is the predicted visibility, which OKS does not read) when ``with_keypoints``.
     """
     cats = label_map.category_ids(det.class_ids)
     keep = np.flatnonzero(cats >= 0)
@@ -71,6 +73,9 @@ def detections_to_coco(
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1) if len(keep) else boxes
     rles = encode_masks(np.asarray(det.masks)[keep]) if with_masks and det.masks is not None else None
     scores = np.asarray(det.scores, dtype=np.float64)[keep]
+    kpts = None
+    if with_keypoints and det.keypoints is not None:
+        kpts = np.round(np.asarray(det.keypoints, dtype=np.float64)[keep].reshape(len(keep), -1), 3)
     out = []
     for j, k in enumerate(keep.tolist()):
         rec: dict[str, Any] = {
@@ -81,6 +86,8 @@ def detections_to_coco(
         }
         if rles is not None:
             rec["segmentation"] = rles[j]
+        if kpts is not None:
+            rec["keypoints"] = kpts[j].tolist()
         out.append(rec)
     return out, len(det) - len(keep)
 
@@ -135,7 +142,7 @@ def _nones(values: Iterable[float]) -> list[float | None]:
 def _run_cocoeval(
     ev: _Evaluator, gt: Any, results: list[dict[str, Any]], image_ids: list[int], iou_type: str
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """COCOeval summary stats (12), precision [T, R, K, A, M] and the category ids along K."""
+    """COCOeval summary stats (12; keypoints 10), precision [T, R, K, A, M] and the category ids along K."""
     with _quiet():
         # loadRes adds fields (id, area, polygon of the box) to what it is given; keep ours clean.
         dt = gt.loadRes(json.loads(json.dumps(results)))
@@ -145,7 +152,7 @@ def _run_cocoeval(
         E.evaluate()
         E.accumulate()
         E.summarize()
-    return np.asarray(E.stats[: len(METRIC_KEYS)], dtype=float), np.asarray(E.eval["precision"]), list(E.params.catIds)
+    return np.asarray(E.stats[: len(metric_keys(iou_type))], dtype=float), np.asarray(E.eval["precision"]), list(E.params.catIds)
 
 
 def _class_instances(data: Mapping[str, Any], image_ids: Sequence[int]) -> dict[int, int]:
@@ -180,8 +187,8 @@ def evaluate_coco(
         if results:
             stats, precision, cat_ids = _run_cocoeval(ev, gt, results, list(image_ids), iou_type)
         else:  # nothing detected: every AP and AR is 0 (pycocotools cannot load an empty result)
-            stats, precision, cat_ids = np.zeros(len(METRIC_KEYS)), None, sorted(names)
-        metrics[iou_type] = dict(zip(METRIC_KEYS, _nones(stats)))
+            stats, precision, cat_ids = np.zeros(len(metric_keys(iou_type))), None, sorted(names)
+        metrics[iou_type] = dict(zip(metric_keys(iou_type), _nones(stats)))
         per_class[iou_type] = _per_class(precision, cat_ids, names, instances)
     return metrics, per_class, ev.name
 
@@ -277,6 +284,7 @@ def _predict_all(
     """Predict every image; returns COCO results, dropped detection count, timings.
     ``label``: the model's name, on the progress bar (``yolov8n: validating``)."""
     segment = bool(predict_kwargs["masks"])
+    pose = predictor.meta.task == "pose"
     results: list[dict[str, Any]] = []
     dropped = 0
     timings = _Timings()
@@ -289,7 +297,9 @@ def _predict_all(
             total_ms = (time.perf_counter() - t0) * 1e3
             if segment:
                 _check_masks(det, img.shape[:2], rec["file_name"])
-            recs, n_dropped = detections_to_coco(det, rec["id"], label_map, with_masks=segment)
+            if pose and det.keypoints is None:
+                raise PredictionError(f"the pose model returned no keypoints for {rec['file_name']}")
+            recs, n_dropped = detections_to_coco(det, rec["id"], label_map, with_masks=segment, with_keypoints=pose)
             results += recs
             dropped += n_dropped
             timings.add({**det.timings_ms, "total": total_ms})
@@ -385,7 +395,8 @@ def validate(
             can measure the set's resolution.
 
     Returns:
-        bbox (and, for segmentation models, segm) metrics, per-class AP, counts and timings.
+        bbox (and, for segmentation models, segm; for pose models, keypoints: COCO OKS) metrics,
+        per-class AP, counts and timings.
 
     Raises:
         DatasetError: json missing or unparseable, image folder missing, every listed image
@@ -408,7 +419,9 @@ def validate(
     if save_json is not None:
         save_coco_results(results, save_json)
     image_ids = [int(r["id"]) for r in records]
-    iou_types = ("bbox", "segm") if segment else ("bbox",)
+    # OKS needs keypoint ground truth (COCO person_keypoints); a box-only json evaluates boxes
+    with_kpts = meta.task == "pose" and any("keypoints" in a for a in gt["annotations"])
+    iou_types = ("bbox", "segm") if segment else ("bbox", "keypoints") if with_kpts else ("bbox",)
     metrics, per_class, backend_name = evaluate_coco(gt, results, image_ids, iou_types, backend)
     matches = {}
     if keep_matches:

@@ -11,6 +11,19 @@ METRIC_KEYS: tuple[str, ...] = (
     "mAP50-95", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large",
     "AR1", "AR10", "recall", "AR_small", "AR_medium", "AR_large",
 )  # fmt: skip
+# COCOeval's keypoint summary (stats[0..9]: OKS AP, AP50, AP75, AP medium/large, AR at 20
+# detections, AR50, AR75, AR medium/large), named like the box metrics where they mean the same.
+KEYPOINT_METRIC_KEYS: tuple[str, ...] = (
+    "mAP50-95", "mAP50", "mAP75", "mAP_medium", "mAP_large",
+    "recall", "AR50", "AR75", "AR_medium", "AR_large",
+)  # fmt: skip
+
+
+def metric_keys(iou_type: str) -> tuple[str, ...]:
+    """The names of COCOeval's summary stats for ``iou_type`` (bbox, segm, keypoints)."""
+    return KEYPOINT_METRIC_KEYS if iou_type == "keypoints" else METRIC_KEYS
+
+
 # The metrics worth a line in a summary; the rest stay in the JSON.
 HEADLINE_KEYS: tuple[str, ...] = ("mAP50-95", "mAP50", "mAP75", "recall")
 
@@ -40,13 +53,13 @@ class ValidationResult:
 
     Attributes:
         model: model name (file stem or metadata name).
-        task: detect | segment.
+        task: detect | segment | pose.
         dataset: path of the COCO json.
         images: number of images evaluated.
         instances: non-crowd ground-truth annotations in those images (evaluated categories).
         detections: detections kept for evaluation.
         dropped: detections of classes that are not categories of the dataset.
-        metrics: iou type (``bbox``/``segm``) -> metric name (``METRIC_KEYS``) -> value; None
+        metrics: iou type (``bbox``/``segm``/``keypoints``) -> metric name (:func:`metric_keys`) -> value; None
             where COCOeval has nothing to average (e.g. no small objects).
         per_class: iou type -> AP per category that has ground truth in the evaluated images.
         settings: the prediction and evaluation settings (conf, iou, ..., label mapping, backend).

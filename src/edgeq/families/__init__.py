@@ -15,14 +15,20 @@ from edgeq.decode.fields import HeadDecoder
 from edgeq.decode.flat import FlatHead
 from edgeq.errors import EdgeqError
 from edgeq.families.base import HeadFamily
+from edgeq.families.classify import Classify
+from edgeq.families.obb import OBB
+from edgeq.families.pose import Pose
+from edgeq.families.semantic import Semantic
+from edgeq.families.yolo26 import YOLO26
 from edgeq.families.yolov5 import YOLOv5
 from edgeq.families.yolov8 import YOLOv8
+from edgeq.families.yolox import YOLOX
 from edgeq.graph.heads import HeadSpec, not_found
 from edgeq.graph.load import ModelInfo
 from edgeq.graph.topology import Topology
 from edgeq.meta.schema import ModelMeta, Quant
 
-FAMILIES: Mapping[str, HeadFamily] = {f.name: f for f in (YOLOv8(), YOLOv5())}
+FAMILIES: Mapping[str, HeadFamily] = {f.name: f for f in (OBB(), Pose(), YOLO26(), YOLOX(), YOLOv8(), YOLOv5(), Classify(), Semantic())}
 
 
 def get_family(name: str) -> HeadFamily:
@@ -43,9 +49,8 @@ def discover_head(model: onnx.ModelProto, info: ModelInfo) -> HeadSpec:
         head = family.discover(model, info)
         if head is not None:
             return head
-    raise not_found(Topology.of(model), "no registered head family recognises the decode tail "
-                    f"({', '.join(f.name for f in FAMILIES.values())}: no DFL Softmax + arange 1x1 Conv, "
-                    "no YOLOv5 anchor grid)")
+    raise not_found(Topology.of(model), "no registered head family recognises its outputs "
+                    f"(tried {', '.join(f.name for f in FAMILIES.values())})")
 
 
 def family_for(meta: ModelMeta) -> HeadFamily | None:

@@ -22,6 +22,7 @@ from typing import ClassVar
 import numpy as np
 import onnx
 
+from edgeq.calib.preprocess import InputConvention
 from edgeq.decode.fields import HeadDecoder
 from edgeq.graph.cut import cut_at_head
 from edgeq.graph.heads import HeadSpec
@@ -45,6 +46,14 @@ class HeadFamily(ABC):
     iou: ClassVar[float] = 0.7
     #: the task metric ``edgeq validate`` reports (COCO box mAP, plus mask mAP for segment)
     metric: ClassVar[str] = "coco"
+    #: how an image becomes the model input, for calibration and prediction alike (a key of
+    #: ``edgeq.calib.preprocess.PREPROCESSING``; written as ``validation.preprocessing``)
+    preprocessing: ClassVar[str] = "letterbox"
+    #: the input values the family's models take: channel order, pixel scale, letterbox pad
+    #: placement (default: Ultralytics' RGB ``/255`` centred; written as ``input.cameraadaptor``
+    #: and ``edgeq.input_convention``, and followed by calibration, the plan's input quantization
+    #: and the runtime)
+    input_convention: ClassVar[InputConvention] = InputConvention()
 
     @abstractmethod
     def discover(self, model: onnx.ModelProto, info: ModelInfo) -> HeadSpec | None:

@@ -4,7 +4,11 @@
 reshaped to rank 3 (``[1, C, H*W]``), concatenated, and decoded (DFL softmax, dist2bbox, sigmoid).
 The endpoints are the 4-D tensors right before that first rank change, with channel-wise Concats
 unpacked into their inputs. The DFL is recognised by its fixed ``arange(reg_max)`` 1x1 Conv after
-a Softmax, which gives ``reg_max``; endpoints are then typed by channel count and concat order.
+a Softmax, which gives ``reg_max``. Each endpoint is typed by where its values flow (channel
+ranges followed through Concat / Split / Reshape): into the DFL Softmax -> ``boxes``, into the
+score Sigmoid -> ``scores``, neither -> ``mask_coefs``. This holds for Ultralytics 8.3 (one
+box+class Concat per level) and 8.4 (each branch reshaped and concatenated on its own) and for
+any exporter's node names (none are read).
 
 **Metadata.** Logical ``boxes`` (``encoding: dfl``), ``scores`` (``per_class``, sigmoid) and
 ``mask_coefs``, each with one child per FPN level, plus ``protos``.
@@ -42,7 +46,7 @@ from edgeq.decode.fields import (
 )
 from edgeq.errors import ArtifactError
 from edgeq.families.base import DecodedError, HeadFamily, sigmoid
-from edgeq.graph.heads import Endpoint, HeadSpec, is_grid, not_found, sort_endpoints, tail_inputs, unpack_concat
+from edgeq.graph.heads import Endpoint, HeadSpec, is_grid, not_found, sort_endpoints, unpack_concat
 from edgeq.graph.load import ModelInfo
 from edgeq.graph.topology import Topology
 from edgeq.meta.build import TensorLike, physical_output
@@ -77,8 +81,8 @@ class YOLOv8(HeadFamily):
 # ----------------------------------------------------------------------------- discovery
 
 
-def _find_reg_max(topo: Topology) -> int | None:
-    """reg_max from the DFL: Softmax (maybe via Transpose) feeding a 1x1 Conv with arange weights."""
+def _dfl_conv(topo: Topology) -> tuple[onnx.NodeProto, int] | None:
+    """The DFL's 1x1 Conv with ``arange(reg_max)`` weights, and reg_max."""
     for node in topo.graph.node:
         if node.op_type != "Conv" or len(node.input) < 2:
             continue
@@ -87,27 +91,157 @@ def _find_reg_max(topo: Topology) -> int | None:
             continue
         r = w.shape[1]
         if r > 1 and np.allclose(w.reshape(-1), np.arange(r)):
-            return int(r)
+            return node, int(r)
     return None
 
 
-def _dfl_endpoints(topo: Topology, info: ModelInfo, reg_max: int) -> list[Endpoint]:
-    h_in = info.imgsz[0]
-    by_level: dict[int, dict[str, str]] = {}
-    for out in topo.graph.output:
-        if topo.rank(out.name) != 3:
+def _find_reg_max(topo: Topology) -> int | None:
+    """reg_max from the DFL: Softmax (maybe via Transpose) feeding a 1x1 Conv with arange weights."""
+    found = _dfl_conv(topo)
+    return None if found is None else found[1]
+
+
+def _dfl_softmax(topo: Topology, conv: onnx.NodeProto) -> onnx.NodeProto | None:
+    """The Softmax feeding the DFL Conv (through Transpose / Reshape)."""
+    node = topo.producer.get(conv.input[0])
+    while node is not None and node.op_type in ("Transpose", "Reshape", "Identity"):
+        node = topo.producer.get(node.input[0])
+    return node if node is not None and node.op_type == "Softmax" else None
+
+
+def _is_silu_sigmoid(topo: Topology, node: onnx.NodeProto) -> bool:
+    """A Sigmoid whose output multiplies its own input (SiLU), not a score activation."""
+    return any(c.op_type == "Mul" and node.input[0] in c.input for c in topo.consumers.get(node.output[0], []))
+
+
+def _grid_tensors(topo: Topology, info: ModelInfo) -> list[str]:
+    """The per-scale 4-D tensors of the decode tail, channel Concats unpacked.
+
+    Walks back from every rank-3 graph output to the Reshapes that flatten a per-scale grid
+    (``[1, C, H, W] -> [1, C, H*W]``), through any other rank change on the way (the DFL's own
+    reshapes): Ultralytics 8.3 flattens one box+class Concat per level, 8.4 each branch apart.
+    """
+    found: list[str] = []
+    seen: set[str] = set()
+    stack = [o.name for o in topo.graph.output if topo.rank(o.name) == 3]
+    while stack:
+        t = stack.pop()
+        if t in seen:
             continue
-        for grouped in tail_inputs(topo, out.name):
-            if not is_grid(topo.shapes[grouped], info.imgsz):
-                continue  # e.g. the DFL conv output, which is inside the tail
-            parts = unpack_concat(topo, grouped)
-            for pos, t in enumerate(parts):
-                c, h = topo.shapes[t][1], topo.shapes[t][2]
-                if len(parts) > 1:
-                    kind = "boxes" if (c == 4 * reg_max and pos == 0) else "scores"
-                else:
-                    kind = "mask_coefs"
-                by_level.setdefault(h, {})[kind] = t
+        seen.add(t)
+        node = topo.producer.get(t)
+        if node is None:
+            continue
+        if node.op_type == "Reshape" and topo.rank(node.input[0]) == 4 and topo.rank(node.output[0]) != 4:
+            x = node.input[0]
+            if is_grid(topo.shapes[x], info.imgsz):
+                found.extend(p for p in unpack_concat(topo, x) if p not in found)
+                continue
+        stack.extend(i for i in node.input if i and i not in topo.constants)
+    return found
+
+
+def _int_attr(node: onnx.NodeProto, name: str, default: int) -> int:
+    return next((a.i for a in node.attribute if a.name == name), default)
+
+
+def _split_sizes(topo: Topology, node: onnx.NodeProto, dim: int) -> list[int] | None:
+    if len(node.input) > 1 and node.input[1]:
+        sizes = topo.const(node.input[1])
+        return None if sizes is None else [int(s) for s in sizes.reshape(-1)]
+    attr = next((list(a.ints) for a in node.attribute if a.name == "split"), None)
+    if attr:
+        return [int(s) for s in attr]
+    n = len(node.output)
+    chunk = -(-dim // n)
+    return [chunk] * (n - 1) + [dim - chunk * (n - 1)]
+
+
+def _channel_flow(topo: Topology, node: onnx.NodeProto, t: str,
+                  iv: tuple[int, int] | None) -> list[tuple[str, tuple[int, int] | None]]:
+    """Where channels ``iv`` (axis 1) of ``t`` go through ``node``: (output, channels or None = all)."""
+    out = [o for o in node.output if o]
+    rank = topo.rank(t) or 0
+    if iv is None or rank < 2:
+        return [(o, None) for o in out]
+    op = node.op_type
+    if op == "Concat":
+        axis = _int_attr(node, "axis", 0) % rank
+        if axis != 1:
+            return [(out[0], iv)]
+        res = []
+        offset = 0
+        for i in node.input:
+            if i == t:
+                res.append((out[0], (iv[0] + offset, iv[1] + offset)))
+            offset += (topo.shapes.get(i) or (0, 0))[1]
+        return res
+    if op == "Split":
+        axis = _int_attr(node, "axis", 0) % rank
+        if axis != 1:
+            return [(o, iv) for o in out]
+        sizes = _split_sizes(topo, node, topo.shapes[t][1])
+        if sizes is None:
+            return [(o, None) for o in out]
+        res, start = [], 0
+        for o, size in zip(node.output, sizes):
+            lo, hi = max(iv[0], start), min(iv[1], start + size)
+            if o and lo < hi:
+                res.append((o, (lo - start, hi - start)))
+            start += size
+        return res
+    if op in ("Sigmoid", "Identity"):
+        return [(out[0], iv)]
+    if op == "Reshape":
+        shape_in, shape_out = topo.shapes.get(t), topo.shapes.get(out[0])
+        if shape_in and shape_out and len(shape_out) >= 2 and shape_in[:2] == shape_out[:2]:
+            return [(out[0], iv)]
+    if op == "Transpose":
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        if perm and perm[:2] == [0, 1]:
+            return [(out[0], iv)]
+    return [(o, None) for o in out]
+
+
+def _reached(topo: Topology, tensor: str, targets: set[int]) -> set[int]:
+    """Which of the ``targets`` (node ids) the values of ``tensor`` flow into, following channel
+    ranges through Concat / Split / Reshape so a per-level box+class Concat does not mix them."""
+    hits: set[int] = set()
+    seen: set[tuple[str, tuple[int, int] | None]] = set()
+    stack: list[tuple[str, tuple[int, int] | None]] = [(tensor, (0, topo.shapes[tensor][1]))]
+    while stack:
+        t, iv = stack.pop()
+        if (t, iv) in seen:
+            continue
+        seen.add((t, iv))
+        for node in topo.consumers.get(t, []):
+            if id(node) in targets:
+                hits.add(id(node))
+            stack.extend(_channel_flow(topo, node, t, iv))
+    return hits
+
+
+def _dfl_endpoints(topo: Topology, info: ModelInfo, reg_max: int) -> list[Endpoint]:
+    """Per-scale endpoints typed by where their values go, whatever the export layout:
+    into the DFL Softmax -> ``boxes``, into a score Sigmoid -> ``scores``, neither -> ``mask_coefs``."""
+    h_in = info.imgsz[0]
+    found = _dfl_conv(topo)
+    softmax = _dfl_softmax(topo, found[0]) if found is not None else None
+    dfl = {id(softmax)} if softmax is not None else set()
+    sigmoids = {id(n) for n in topo.graph.node if n.op_type == "Sigmoid" and not _is_silu_sigmoid(topo, n)}
+    by_level: dict[int, dict[str, str]] = {}
+    for t in _grid_tensors(topo, info):
+        hits = _reached(topo, t, dfl | sigmoids)
+        to_dfl, to_sigmoid = bool(hits & dfl), bool(hits & sigmoids)
+        if to_dfl and to_sigmoid:
+            raise not_found(topo, f"{t!r} feeds both the DFL and the class sigmoid")
+        kind = "boxes" if to_dfl else "scores" if to_sigmoid else "mask_coefs"
+        if kind == "boxes" and topo.shapes[t][1] != 4 * reg_max:
+            raise not_found(topo, f"box tensor {t!r} has {topo.shapes[t][1]} channels, not 4*reg_max = {4 * reg_max}")
+        level = by_level.setdefault(topo.shapes[t][2], {})
+        if kind in level:
+            raise not_found(topo, f"two {kind} tensors at grid {topo.shapes[t][2:]}: {level[kind]!r}, {t!r}")
+        level[kind] = t
     if not by_level:
         raise not_found(topo, "no per-scale tensors before the decode tail")
     endpoints = []
@@ -116,6 +250,10 @@ def _dfl_endpoints(topo: Topology, info: ModelInfo, reg_max: int) -> list[Endpoi
             if kind in by_level[h]:
                 t = by_level[h][kind]
                 endpoints.append(Endpoint(t, kind, f"{kind}_{idx}", topo.shapes[t], h_in // h, idx))
+    for kind in ("boxes", "scores", "mask_coefs"):
+        widths = {e.shape[1] for e in endpoints if e.kind == kind}
+        if len(widths) > 1:
+            raise not_found(topo, f"{kind} tensors have different channel counts {sorted(widths)}")
     return endpoints
 
 
@@ -140,6 +278,9 @@ def _discover(model: onnx.ModelProto, info: ModelInfo) -> HeadSpec | None:
     protos = _protos(topo, info) if "mask_coefs" in kinds else []
     if "mask_coefs" in kinds and not protos:
         raise not_found(topo, "mask coefficients found but no 4-D protos output")
+    coefs = [e for e in endpoints if e.kind == "mask_coefs"]
+    if coefs and coefs[0].shape[1] != protos[0].shape[1]:
+        raise not_found(topo, f"{coefs[0].shape[1]} mask coefficients but {protos[0].shape[1]} protos")
     scores = [e for e in endpoints if e.kind == "scores"]
     nc = scores[0].shape[1]
     if info.names and len(info.names) != nc:

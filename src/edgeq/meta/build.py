@@ -1,7 +1,7 @@
 """Build the artifact's edgefirst.json (schema v2) from the head, the written tensors and provenance."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from edgeq import __version__
@@ -84,11 +84,16 @@ def build_meta(
     decoder_version: str = "yolov8",
     nms: str = "class_aware",
     iou: float = 0.7,
+    preprocessing: str = "letterbox",
+    input_convention: Mapping[str, Any] | None = None,
+    end2end: bool | None = None,
 ) -> ModelMeta:
     """The complete metadata of a converted artifact (deterministic: no timestamps).
 
     ``nms`` (the HAL mode, ``class_aware`` | ``class_agnostic``) and ``iou`` (``validation.iou``)
     are what the family's models are validated with; edgeq's decoder follows them by default.
+    ``end2end``: the head is NMS-free (YOLO26's one-to-one head): written as ``model.end2end`` and
+    ``validation.nms: none``, as EdgeFirst requires for end-to-end models (None: not stated).
     """
     raw: dict[str, Any] = {
         "schema_version": 2,
@@ -103,9 +108,15 @@ def build_meta(
             "output_channels": 3,
         },
         "model": {"name": name, "version": info.props.get("version", "")},
-        "validation": {"iou": iou, "score": 0.001, "nms": "numpy", "preprocessing": "letterbox", "normalization": "unsigned"},
+        "validation": {"iou": iou, "score": 0.001, "nms": "numpy", "preprocessing": preprocessing, "normalization": "unsigned"},
         "edgeq": {"version": __version__, **provenance},
     }
+    if input_convention is not None:
+        _record_input_convention(raw, input_convention)
+    if end2end is not None:
+        raw["model"]["end2end"] = bool(end2end)
+        if end2end:
+            raw["validation"]["nms"] = "none"
     return ModelMeta(
         decoder_version=decoder_version,
         task=info.task,
@@ -117,3 +128,19 @@ def build_meta(
         input_dtype=input_tensor.dtype,
         raw=raw,
     )
+
+
+def _record_input_convention(raw: dict[str, Any], convention: Mapping[str, Any]) -> None:
+    """Write a model's input convention (``edgeq.calib.preprocess.InputConvention.to_json()``)
+    where EdgeFirst has a field for it, and whole as the versioned ``edgeq.input_convention``.
+
+    ``input.cameraadaptor`` takes the channel order. ``validation.normalization: unsigned``
+    (EdgeFirst's ``/255``) stays only for a 1/255 pixel scale: other scales (YOLOX's 0..255) have no
+    EdgeFirst value, so the key is left out and ``edgeq.input_convention.pixel_scale`` says it.
+    The pad placement (``center`` | ``bottom_right``) has no EdgeFirst field either.
+    """
+    raw["input"]["cameraadaptor"] = str(convention.get("channels", "rgb"))
+    scale = convention.get("pixel_scale")
+    if isinstance(scale, (int, float)) and abs(float(scale) * 255 - 1) > 1e-9:
+        raw["validation"].pop("normalization", None)
+    raw["edgeq"]["input_convention"] = dict(convention)

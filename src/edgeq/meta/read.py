@@ -12,8 +12,14 @@ Sources, in order:
    * YOLOv8/11 detect ``[1, 4+nc, N]``: boxes cx,cy,w,h in input pixels (TFLite exports: [0, 1]),
      sigmoid scores applied -> one ``detection`` output, ``per_class``.
    * YOLOv8/11 segment: ``[1, 4+nc+nm, N]`` plus protos ``[1, nm, Hp, Wp]`` (NCHW; NHWC in TFLite).
+   * YOLOv8/11 pose ``[1, 4+nc+nk*ndim, N]`` (``task: pose``, ``kpt_shape: [nk, ndim]``): keypoint
+     columns x, y(, visibility) in input pixels after the class scores; ``kpt_shape`` is kept as
+     the edgeq extension field ``edgeq.kpt_shape``, which :mod:`edgeq.decode.flat` reads.
    * YOLOv5 ``[1, N, 5+nc]``: cx,cy,w,h pixels, objectness, class probabilities -> ``detection``
      with ``score_format: obj_x_class``, ``decoder_version: yolov5``.
+   * Megvii YOLOX raw head ``[1, N, 5+nc]`` with its ``decode``/``preprocess`` metadata ->
+     ``detection`` with ``encoding: yolox``, ``decoder_version: yolox``, the input convention
+     (BGR, 0..255, bottom/right pad) in ``edgeq.input_convention``.
 
 Anything else raises :class:`ArtifactError` naming the file, what is missing and what to do.
 
@@ -310,12 +316,20 @@ def synthesize_ultralytics(
             _HOW_TO_FIX,
         )
     imgsz = _imgsz(props, inputs[0], layout, path)
+    megvii = _megvii_yolox(props, inputs, outputs, names, imgsz, path)
+    if megvii is not None:
+        return megvii
     task = str(props.get("task", "detect"))
     det_out, proto_out = _split_outputs(outputs, path)
     nm = 0 if proto_out is None else min(d for d in proto_out.shape[1:])
     if task == "segment" and proto_out is None:
         raise ArtifactError(f"{path}: task is 'segment' but no 4-D protos output was found", _HOW_TO_FIX)
-    version, fax, nc = _classify_head(det_out, len(names), nm, imgsz, path)
+    if _is_end_to_end(det_out, nm, props, imgsz):
+        return _synthesize_end_to_end(props, inputs, det_out, proto_out, names, imgsz, path, layout)
+    kpt_shape = _kpt_shape(props, path) if task == "pose" else None
+    # pose: keypoint columns follow the class scores ([1, 4+nc+nk*ndim, N]); counted like extra features
+    extra = nm + (kpt_shape[0] * kpt_shape[1] if kpt_shape else 0)
+    version, fax, nc = _classify_head(det_out, len(names), extra, imgsz, path)
     names = names or [str(i) for i in range(nc)]
     # Ultralytics ONNX boxes are input pixels; its TFLite exports divide them by imgsz.
     detection = _detection_json(det_out, version, fax, normalized=layout == "nhwc")
@@ -331,13 +345,85 @@ def synthesize_ultralytics(
         "author": str(props.get("author", "")),
         "dataset": {"classes": names},
         "input": {"shape": list(inputs[0].shape), "cameraadaptor": "rgb"},
-        "model": {"task": "segmentation" if proto_out is not None else "detection"},
+        "model": {"task": "pose" if kpt_shape else "segmentation" if proto_out is not None else "detection"},
         "validation": {"preprocessing": "letterbox", "normalization": "unsigned"},
         "outputs": outs,
+    }
+    if kpt_shape:
+        # edgeq extension: the keypoint layout of the flat output's trailing columns (decode.flat)
+        d["edgeq"] = {"kpt_shape": list(kpt_shape)}
+    meta = ModelMeta.from_json(d)
+    meta.input_dtype = inputs[0].dtype
+    return meta
+
+
+def _megvii_yolox(props: dict[str, Any], inputs: list[TensorDesc], outputs: list[TensorDesc], names: list[str],
+                  imgsz: tuple[int, int], path: Path) -> ModelMeta | None:
+    """A Megvii YOLOX raw-head export ``[1, N, 5+nc]`` (one row per grid cell at strides 8/16/32),
+    recognised by its own ``decode`` metadata (``xy=(o[:2]+grid)*stride, wh=exp(o[2:4])*stride``);
+    None for anything else.
+
+    ``preprocess`` (e.g. ``BGR; float 0..255; top-left letterbox pad 114``) gives the input
+    convention, written as ``input.cameraadaptor`` and the ``edgeq.input_convention`` extension
+    field (version 1, :class:`edgeq.calib.preprocess.InputConvention`). Megvii's head applies the
+    sigmoid to objectness and classes before the concat (``activation_applied``) unless ``decode``
+    asks for one. NMS mode and IoU are the yolox family's (``decoder_version: yolox``).
+    """
+    decode = str(props.get("decode", "")).replace(" ", "").lower()
+    if "exp(" not in decode or "grid" not in decode or len(outputs) != 1 or len(outputs[0].shape) != 3:
+        return None
+    det = outputs[0]
+    _, n, f = det.shape
+    counts = {_anchor_count(imgsz, _STRIDES), _anchor_count(imgsz, _STRIDES + (64,))}
+    if n not in counts or f < 6 or (names and f != 5 + len(names)):
+        return None
+    pre = str(props.get("preprocess", "")).lower()
+    raw_pixels = "0..255" in pre or "0-255" in pre or "not /255" in pre
+    convention = {
+        "version": 1,
+        # the image at the top-left corner, as YOLOX's preproc: the padding below and to the right
+        "pad": "bottom_right" if any(w in pre for w in ("top-left", "top left", "bottom", "right")) else "center",
+        "pad_value": 114,
+        "channels": "bgr" if "bgr" in pre else "rgb",
+        "pixel_scale": 1.0 if raw_pixels else 1 / 255,
+    }
+    activation = {"activation_required": "sigmoid"} if "sigmoid" in decode else {"activation_applied": "sigmoid"}
+    validation: dict[str, Any] = {"preprocessing": "letterbox"}
+    if not raw_pixels:
+        validation["normalization"] = "unsigned"
+    d = {
+        "schema_version": 2,
+        "decoder_version": "yolox",
+        "nms": "class_aware",
+        "name": Path(path).stem,
+        "description": str(props.get("description", "")),
+        "author": str(props.get("author", "")),
+        "dataset": {"classes": names or [str(i) for i in range(f - 5)]},
+        "input": {"shape": list(inputs[0].shape), "cameraadaptor": convention["channels"]},
+        "model": {"task": "detection"},
+        "validation": validation,
+        "edgeq": {"input_convention": convention},
+        "outputs": [{
+            "name": det.name, "type": "detection", "decoder": "yolox", "encoding": "yolox",
+            "score_format": "obj_x_class", "normalized": False, "shape": list(det.shape),
+            "dshape": [{"batch": 1}, {"num_boxes": n}, {"num_features": f}], "dtype": det.dtype,
+            "quantization": det.quant.to_json() if det.quant else None, **activation,
+        }],
     }
     meta = ModelMeta.from_json(d)
     meta.input_dtype = inputs[0].dtype
     return meta
+
+
+def _kpt_shape(props: dict[str, Any], path: Path) -> tuple[int, int]:
+    """Ultralytics' ``kpt_shape`` of a pose export: (keypoints, 2 or 3 values each)."""
+    raw = props.get("kpt_shape")
+    v = _literal(raw, "kpt_shape", path) if raw is not None else None
+    if (not isinstance(v, (list, tuple)) or len(v) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+            or not 0 < v[0] <= 1000 or v[1] not in (2, 3)):
+        raise ArtifactError(f"{path}: task is 'pose' but metadata 'kpt_shape' is {raw!r:.60}, expected [keypoints, 2 or 3]",
+                            _BAD_META_FIX)
+    return int(v[0]), int(v[1])
 
 
 def _detection_json(det: TensorDesc, version: str, fax: int, normalized: bool) -> dict[str, Any]:
@@ -414,3 +500,55 @@ def _protos_json(p: TensorDesc, imgsz: tuple[int, int], layout: str) -> dict[str
         "stride": imgsz[0] // h,
         "quantization": p.quant.to_json() if p.quant else None,
     }
+
+
+# ----------------------------------------------------------------------------- end-to-end (YOLO26)
+
+
+def _is_end_to_end(det: TensorDesc, nm: int, props: dict[str, Any], imgsz: tuple[int, int]) -> bool:
+    """An end-to-end (NMS-free) export: ``[1, K, 6+nm]`` rows ``x1, y1, x2, y2, score, class(, coefs)``.
+
+    Told apart from a YOLOv5 ``[1, 3N, 5+nc]`` with one class by ``end2end`` in the metadata or by
+    a row count that is no anchor count for the input size.
+    """
+    _, k, f = det.shape
+    if f != 6 + nm or k <= 0:
+        return False
+    flagged = str(props.get("end2end", "")).strip().lower() == "true"
+    counts = {_anchor_count(imgsz, _STRIDES), _anchor_count(imgsz, _STRIDES + (64,))}
+    return flagged or k not in counts | {3 * n for n in counts}
+
+
+def _synthesize_end_to_end(props: dict[str, Any], inputs: list[TensorDesc], det: TensorDesc, protos: TensorDesc | None,
+                           names: list[str], imgsz: tuple[int, int], path: Path, layout: str) -> ModelMeta:
+    """The v2 description of an end-to-end YOLO26 export: one ``detections`` output ``[1, K, 6(+nm)]``,
+    ``decoder_version: yolo26``, ``model.end2end: true``, ``validation.nms: none`` (EdgeFirst's rule
+    for end-to-end models; the root HAL ``nms`` mode is omitted, as HAL does for them)."""
+    _, k, f = det.shape
+    detections = {
+        "name": det.name,
+        "type": "detections",
+        "decoder": "ultralytics",
+        "shape": list(det.shape),
+        "dshape": [{"batch": 1}, {"num_boxes": k}, {"num_features": f}],
+        "dtype": det.dtype,
+        "quantization": det.quant.to_json() if det.quant else None,
+        # Ultralytics ONNX boxes are input pixels; its TFLite exports divide them by imgsz.
+        "normalized": layout == "nhwc",
+    }
+    outs = [detections] + ([_protos_json(protos, imgsz, layout)] if protos is not None else [])
+    d = {
+        "schema_version": 2,
+        "decoder_version": "yolo26",
+        "name": Path(path).stem,
+        "description": str(props.get("description", "")),
+        "author": str(props.get("author", "")),
+        "dataset": {"classes": names},
+        "input": {"shape": list(inputs[0].shape), "cameraadaptor": "rgb"},
+        "model": {"task": "segmentation" if protos is not None else "detection", "end2end": True},
+        "validation": {"nms": "none", "preprocessing": "letterbox", "normalization": "unsigned"},
+        "outputs": outs,
+    }
+    meta = ModelMeta.from_json(d)
+    meta.input_dtype = inputs[0].dtype
+    return meta

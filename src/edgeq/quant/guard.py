@@ -57,6 +57,10 @@ TENSOR_COLLAPSE_DB = 0.0
 #: above logit 0, so every confident detection ties at the cap; a well calibrated YOLOv8n
 #: (200 COCO images) reaches 0.89 at its weakest scale.
 SCORE_CAP_LIMITS = (0.75, 0.55)
+#: kind -> spread of the float values (over the guard's images) below which an output is *flat*:
+#: the float model itself says the same thing for every image and anchor (untrained or damaged
+#: weights), so INT8 has nothing to lose. Real heads span tens of logits, hundreds of pixels.
+FLAT_SPREAD: Mapping[str, float] = {"logits": 1.0, "scores": 0.02, "boxes": 1.0, "values": 1e-3}
 #: Clipping at the top that warns: this share of the float values above the largest code ...
 CLIP_SHARE = 0.01
 #: ... or the float maximum above it by this much: in probability for scores (sigmoid-read logits
@@ -276,10 +280,15 @@ def check_artifact(graph: onnx.ModelProto, probe: TensorProbe, parts: Sequence[C
 def _judge(p: Component, s: _Stats, scale: float, rng: _Range | None, split: str) -> Check:
     step = scale * p.unit
     levels = (s.hi - s.lo) / scale if s.hi > s.lo else float("inf")
+    range_max = rng.hi if rng is not None else float("nan")
+    if _flat(p, s):
+        return Check(p.label, p.kind, "warn", s.sqnr_db, step, levels, s.codes_used,
+                     f"the float model's own output is flat on these images (values {s.lo:.4g} .. {s.hi:.4g}): "
+                     "it carries no signal for INT8 to lose", "check that the model's weights are trained; "
+                     "a real head's outputs vary with the image", range_max, s.clipped)
     limits = STEP_LIMITS.get(p.kind)
     capped = _score_cap(p, rng) if rng is not None else None
     clipped = _clipping(p, s, rng) if rng is not None else ""
-    range_max = rng.hi if rng is not None else float("nan")
     for verdict, i in (("collapse", 1), ("warn", 0)):
         coarse = []
         if limits and step >= limits[i]:
@@ -296,6 +305,13 @@ def _judge(p: Component, s: _Stats, scale: float, rng: _Range | None, split: str
             return Check(p.label, p.kind, verdict, s.sqnr_db, step, levels, s.codes_used, "; ".join(reasons), fix,
                          range_max, s.clipped)
     return Check(p.label, p.kind, "ok", s.sqnr_db, step, levels, s.codes_used, range_max=range_max, clipped=s.clipped)
+
+
+def _flat(p: Component, s: _Stats) -> bool:
+    """The float values barely vary: below :data:`FLAT_SPREAD` in the kind's natural unit."""
+    if not np.isfinite(s.lo) or not np.isfinite(s.hi):
+        return False
+    return (s.hi - s.lo) * p.unit < FLAT_SPREAD.get(p.kind, 0.0)
 
 
 def _sigmoid(x: float) -> float:

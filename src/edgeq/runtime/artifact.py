@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edgeq.calib.preprocess import Letterbox, letterbox, read_image
+from edgeq.calib.preprocess import InputConvention, Letterbox, preprocess_image, read_image
 from edgeq.errors import ArtifactError
 from edgeq.meta.read import TensorDesc, read_meta
 from edgeq.meta.schema import ModelMeta, Output, Quant
@@ -171,6 +171,11 @@ class Model:
         self.input_hw: tuple[int, int] = (int(hw[0]), int(hw[1])) if min(hw) > 0 else meta.imgsz
         self._bgr = str(meta.raw.get("input", {}).get("cameraadaptor", "rgb")).lower() == "bgr"
         self._signed = meta.raw.get("validation", {}).get("normalization") == "signed"
+        #: ``validation.preprocessing``: letterbox (detectors), center_crop (classifiers)
+        self.preprocessing = str(meta.raw.get("validation", {}).get("preprocessing") or "letterbox")
+        #: ``edgeq.input_convention``: letterbox pad placement and pixel scale (default: centred, /255)
+        self.input_convention = InputConvention.from_json(meta.edgeq.get("input_convention"),
+                                                          "bgr" if self._bgr else "rgb")
 
     def __repr__(self) -> str:
         return f"Model({str(self.path)!r}, task={self.meta.task}, input={list(self._input.shape)} {self._input.dtype})"
@@ -178,8 +183,8 @@ class Model:
     # -- preprocessing
 
     def preprocess(self, image_bgr: np.ndarray) -> tuple[np.ndarray, Letterbox]:
-        """Letterbox a BGR image into this model's input tensor (batch 1)."""
-        rgb, lb = letterbox(image_bgr, self.input_hw)
+        """Letterbox (or, as the metadata says, centre-crop) a BGR image into this model's input tensor (batch 1)."""
+        rgb, lb = preprocess_image(image_bgr, self.input_hw, self.preprocessing, self.input_convention.pad)
         if self._bgr:
             rgb = rgb[..., ::-1]
         x = self._encode(rgb)
@@ -189,16 +194,17 @@ class Model:
     def _encode(self, pix: np.ndarray) -> np.ndarray:
         """uint8 HWC pixels -> values of the input dtype (quantized with the input's own params)."""
         dtype, q = self._input.dtype, self._input.quant
+        unit = self.input_convention.pixel_scale  # real = pix * unit (1/255, or 1 for 0..255 models)
         if dtype in ("float32", "float16"):
-            real = pix.astype(np.float32) * np.float32(1 / 255)
+            real = pix.astype(np.float32) * np.float32(unit)
             return (real * 2 - 1 if self._signed else real).astype(dtype)
         if q is None or isinstance(q.scale, list):
             return pix.astype(dtype)
         scale, zp = float(q.scale), int(q.zero_point)  # type: ignore[arg-type]
-        if not self._signed and abs(scale * 255 - 1) < 1e-6:
-            # Fast path: real = pix/255 and scale = 1/255, so q = pix + zp exactly.
+        if not self._signed and abs(scale / unit - 1) < 1e-6:
+            # Fast path: real = pix * unit and scale = unit, so q = pix + zp exactly.
             return (pix.astype(np.int16) + zp).astype(dtype) if zp else pix.astype(dtype)
-        real = pix.astype(np.float32) / 255
+        real = pix.astype(np.float32) / 255 if self.input_convention.unit_scale else pix.astype(np.float32) * np.float32(unit)
         real = real * 2 - 1 if self._signed else real
         lo, hi = (0, 255) if dtype == "uint8" else (-128, 127)
         return np.clip(np.round(real / scale + zp), lo, hi).astype(dtype)

@@ -10,7 +10,8 @@ and requantizing QUANTIZE ops), ``ops`` (handlers), ``options`` (builtin-options
 ``flatbuf`` (in-memory model and deterministic serialization), ``writer`` (entry point).
 
 Not supported (raises :class:`~edgeq.errors.UnsupportedOpError`): ops outside the registry (e.g.
-Relu, Clip, HardSwish, MatMul/Gemm, pooling other than MaxPool, reductions); grouped Conv other
+Relu, Clip, HardSwish, Gemm, pooling other than MaxPool, reductions); MatMul of constants only
+or of rank-1 / rank > 5 operands; grouped Conv other
 than depthwise; ConvTranspose with groups, dilation, output_padding or padding that TFLite's
 VALID/SAME cannot express; Resize other than nearest/asymmetric/floor with integer factors on H
 and W; Slice with non-positive steps; Div by an activation; Pow other than x**2; broadcasting

@@ -12,8 +12,8 @@ reference kernels check in ``Prepare`` (and what their arithmetic assumes):
 * data-movement ops (``MAX_POOL_2D``, ``RESHAPE``, ``TRANSPOSE``, ``SPLIT``,
   ``STRIDED_SLICE``, ``RESIZE_NEAREST_NEIGHBOR``, ``PAD``): the output reuses the input's
   parameters (the kernels copy or select values without rescaling).
-* arithmetic (``CONV_2D``, ``DEPTHWISE_CONV_2D``, ``TRANSPOSE_CONV``, ``ADD``, ``SUB``, ``MUL``):
-  free output parameters; int16 tensors must be symmetric (zero point 0).
+* arithmetic (``CONV_2D``, ``DEPTHWISE_CONV_2D``, ``TRANSPOSE_CONV``, ``ADD``, ``SUB``, ``MUL``,
+  ``BATCH_MATMUL``): free output parameters; int16 tensors must be symmetric (zero point 0).
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ TFLITE = Constraints("tflite", {
     "Mul": OpConstraint(Rule.FREE, kernel="MUL"),
     "Div": OpConstraint(Rule.FREE, kernel="MUL (by the reciprocal constant)"),
     "Pow": OpConstraint(Rule.FREE, kernel="MUL (x * x)"),
+    "MatMul": OpConstraint(Rule.FREE, kernel="BATCH_MATMUL"),
     "Sigmoid": OpConstraint(Rule.FIXED, _UNIT_INTERVAL, kernel="LOGISTIC"),
     "Softmax": OpConstraint(Rule.FIXED, _UNIT_INTERVAL, kernel="SOFTMAX"),
     "Concat": OpConstraint(Rule.SHARED, kernel="CONCATENATION"),

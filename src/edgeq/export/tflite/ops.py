@@ -25,7 +25,7 @@ from edgeq.export.tflite import options as opt
 from edgeq.export.tflite.builder import OP, Converter, transpose_version
 from edgeq.graph.view import GraphView
 from edgeq.export.tflite.constraints import TFLITE
-from edgeq.quant.constraints import Rule
+from edgeq.quant.constraints import Rule, as_dtype, constant_params
 from edgeq.quant.plan import QDType, QParams
 
 _FIX = (
@@ -45,12 +45,14 @@ def _axis(axis: int, rank: int) -> int:
 
 
 def _common_perm(cv: Converter, names: Sequence[str], rank: int) -> layout.Perm:
-    """The layout most activation operands already have (first wins ties), so few transposes."""
+    """The layout most activation operands already have, so few transposes; ties go to the
+    default layout (NHWC for 4-D, what convolutions downstream read), then to the first operand."""
     perms = [cv.value(n).perm for n in names if not cv.g.is_const(n) and len(cv.onnx_shape(n)) == rank]
     if not perms:
         return layout.default_perm(rank)
     counts = Counter(perms)
-    return max(perms, key=lambda p: (counts[p], -perms.index(p)))
+    default = layout.default_perm(rank)
+    return max(perms, key=lambda p: (counts[p], p == default, -perms.index(p)))
 
 
 def _int_version(dtype: str, int8: int, int16: int) -> int:
@@ -157,9 +159,18 @@ class _ConvBase(OpHandler):
         bias = cv.g.consts[node.input[2]].astype(np.float64) if has_bias else np.zeros(n_out)
         w_scale = np.broadcast_to(wp.scale.astype(np.float64), (n_out,)).copy()
         bias_dtype, limit = (np.int64, 2**47) if dtype == "int16" else (np.int32, 2**31 - 1)
-        # A channel whose weights are all zero may take any scale: pick one its bias fits in.
-        empty = ~np.any(np.moveaxis(qw, self.weight_axis, 0).reshape(n_out, -1), axis=1)
-        w_scale = np.where(empty, np.maximum(w_scale, np.abs(bias) / (in_scale * limit / 2)), w_scale)
+        # The bias is stored at scale in_scale * w_scale: a channel whose bias would not fit
+        # (all-zero weights, or an input so narrow that its step is below 2^-30 of the bias, as
+        # where a signal has died out) takes the smallest weight scale its bias fits in; its
+        # products are then below the bias' own resolution, so nothing measurable is lost, where a
+        # saturated bias would be wrong by orders of magnitude.
+        fits = np.abs(bias) / (in_scale * limit / 2)
+        grow = fits > w_scale
+        if grow.any():
+            w_scale = np.where(grow, fits, w_scale)
+            shape = [1] * w.ndim
+            shape[self.weight_axis] = n_out
+            qw = np.clip(np.round(w / w_scale.reshape(shape)), -127, 127).astype(np.int8)
         wp = QParams(w_scale.astype(np.float32), np.zeros(n_out, np.int64), "int8", axis=self.weight_axis)
         b_scale = in_scale * wp.scale.astype(np.float64)
         qb = np.clip(np.round(bias / b_scale), -limit, limit).astype(bias_dtype)
@@ -391,6 +402,54 @@ class SoftmaxOp(OpHandler):
         x = cv.get_as(x_name, dtype, perm)
         y = cv.output(out, perm, self.natural(cv, node, dtype))
         cv.add_op(OP.SOFTMAX, _int_version(dtype, 2, 3), [x], [y], opt.softmax(1.0))
+
+
+class MatMulOp(OpHandler):
+    """MatMul -> BATCH_MATMUL (int8, or int16 16x16 with zero points 0), activation x activation or
+    activation x constant, ranks 2-5 with broadcast batch axes.
+
+    Operands are read in ONNX layout, or with their last two axes swapped, which BATCH_MATMUL's
+    ``adj_x`` / ``adj_y`` absorb (an attention block's ``Transpose`` then moves no data). A
+    constant operand is quantized per tensor over its exact range (symmetric for int16).
+    """
+
+    op_type = "MatMul"
+
+    def check(self, g: GraphView, node: onnx.NodeProto) -> None:
+        a, b = node.input[:2]
+        if g.is_const(a) and g.is_const(b):
+            raise unsupported(g, node, "a MatMul of constants only")
+        ranks = [len(g.shapes[i]) for i in (a, b)]
+        if min(ranks) < 2 or max(ranks) > 5:
+            raise unsupported(g, node, f"operands of rank {ranks[0]} and {ranks[1]} (only 2-D to 5-D)")
+
+    @staticmethod
+    def operand(cv: Converter, name: str, rank: int, dtype: QDType) -> tuple[int, bool]:
+        """(tensor index, adjoint) of one operand, read as stored where that is a matrix layout."""
+        if cv.g.is_const(name):
+            value = np.asarray(cv.g.consts[name], np.float32)
+            value = value.reshape((1,) * (rank - value.ndim) + value.shape)
+            params = constant_params(value, dtype)
+            return cv.const(name, params.quantize(value), params), False
+        r = len(cv.onnx_shape(name))
+        ident = layout.identity(r)
+        swapped = ident[:-2] + (r - 1, r - 2)
+        perm = cv.value(name).perm
+        adj = perm == swapped
+        return cv.get_as(name, dtype, swapped if adj else ident), adj
+
+    def emit(self, cv: Converter, node: onnx.NodeProto) -> None:
+        out = node.output[0]
+        # An int16 operand keeps its precision: the product runs in int16 (an attention matrix
+        # read in int8 loses most of its probabilities) and only the result is requantized.
+        wide = any(not cv.g.is_const(i) and cv.value(i).dtype == "int16" for i in node.input[:2])
+        dtype: QDType = "int16" if wide else cv.op_dtype(out)
+        rank = len(cv.onnx_shape(out))
+        (a, adj_x), (b, adj_y) = (self.operand(cv, i, rank, dtype) for i in node.input[:2])
+        planned = cv.planned(out)
+        natural = as_dtype(planned, dtype) if planned.dtype != dtype else None
+        y = cv.output(out, layout.identity(rank), natural)
+        cv.add_op(OP.BATCH_MATMUL, _int_version(dtype, 2, 3), [a, b], [y], opt.batch_matmul(adj_x, adj_y))
 
 
 # -- data movement --------------------------------------------------------------------------------
@@ -653,7 +712,12 @@ class IdentityOp(ReshapeOp):
 
 
 class TransposeOp(OpHandler):
-    """Transpose -> one TRANSPOSE composed with the input's and output's stored layouts."""
+    """Transpose -> one TRANSPOSE composed with the input's and output's stored layouts.
+
+    The output's stored layout is the first of (the input's own bytes reinterpreted, NHWC / ONNX
+    order, ONNX order) that every consumer reads without another transpose; when it is the
+    input's own layout the op moves no data (a RESHAPE keeps the tensor named).
+    """
 
     op_type = "Transpose"
 
@@ -662,7 +726,7 @@ class TransposeOp(OpHandler):
         v = cv.value(x_name)
         rank = len(cv.onnx_shape(x_name))
         onnx_perm = tuple(cv.g.attrs(node).get("perm", list(reversed(range(rank)))))
-        out_perm = layout.default_perm(rank)
+        out_perm = self.out_perm(cv, out, layout.compose(layout.inverse(onnx_perm), v.perm))
         # stored_out = onnx_in.T(onnx_perm).T(out_perm) = stored_in.T(inverse(v.perm)).T(...)
         perm = layout.between(v.perm, layout.compose(onnx_perm, out_perm))
         y = cv.output(out, out_perm, self.natural(cv, node))
@@ -672,6 +736,38 @@ class TransposeOp(OpHandler):
         else:
             cv.add_op(OP.TRANSPOSE, transpose_version(v.dtype, rank), [v.index, cv.int32(f"{out}/perm", perm)], [y],
                       opt.transpose())
+
+    @staticmethod
+    def out_perm(cv: Converter, out: str, free: layout.Perm) -> layout.Perm:
+        rank = len(free)
+        consumers = cv.g.consumers.get(out, [])
+        if out in cv.g.outputs or not consumers:
+            return layout.default_perm(rank)
+        for perm in (free, layout.default_perm(rank), layout.identity(rank)):
+            if all(_reads_without_transpose(cv.g, c, out, perm) for c in consumers):
+                return perm
+        return layout.default_perm(rank)
+
+
+_NHWC_READERS = {"Conv", "ConvTranspose", "MaxPool", "Resize"}
+_ONNX_ORDER_READERS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+
+
+def _reads_without_transpose(g: GraphView, node: onnx.NodeProto, name: str, perm: layout.Perm) -> bool:
+    """Whether ``node`` reads tensor ``name`` stored as ``perm`` without a TRANSPOSE first."""
+    rank = len(perm)
+    if node.op_type in _NHWC_READERS:
+        return perm == layout.NHWC
+    if node.op_type in _ONNX_ORDER_READERS:
+        return layout.is_identity(perm)
+    if node.op_type == "MatMul":
+        return perm[:-2] == layout.identity(rank)[:-2]
+    if node.op_type == "Softmax":
+        axis = _axis(g.attrs(node).get("axis", -1 if g.opset >= 13 else 1), rank)
+        return perm[-1] == axis
+    if node.op_type == "Transpose":
+        return True
+    return perm == layout.default_perm(rank)
 
 
 class PadOp(OpHandler):
@@ -722,7 +818,7 @@ class PadOp(OpHandler):
 
 HANDLERS: dict[str, OpHandler] = {h.op_type: h for h in (
     ConvOp(), ConvTransposeOp(),
-    SigmoidOp(), SoftmaxOp(),
+    SigmoidOp(), SoftmaxOp(), MatMulOp(),
     BinaryOp(), SubOp(), MulOp(), DivOp(), PowOp(),
     ConcatOp(), SplitOp(), SliceOp(), MaxPoolOp(), ResizeOp(), PadOp(),
     ReshapeOp(), FlattenOp(), SqueezeOp(), UnsqueezeOp(), IdentityOp(), TransposeOp(),

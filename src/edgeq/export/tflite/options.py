@@ -155,6 +155,17 @@ def softmax(beta: float = 1.0) -> Options:
     return Options(BO.SoftmaxOptions, build)
 
 
+def batch_matmul(adj_x: bool = False, adj_y: bool = False) -> Options:
+    def build(b: flatbuffers.Builder) -> int:
+        tflite.BatchMatMulOptionsStart(b)
+        tflite.BatchMatMulOptionsAddAdjX(b, adj_x)
+        tflite.BatchMatMulOptionsAddAdjY(b, adj_y)
+        tflite.BatchMatMulOptionsAddAsymmetricQuantizeInputs(b, False)
+        return tflite.BatchMatMulOptionsEnd(b)
+
+    return Options(BO.BatchMatMulOptions, build)
+
+
 def resize_nearest() -> Options:
     def build(b: flatbuffers.Builder) -> int:
         tflite.ResizeNearestNeighborOptionsStart(b)
