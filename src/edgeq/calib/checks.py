@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from edgeq.calib.dataset import MIN_RECOMMENDED, CalibrationSet
+from edgeq.calib.preprocess import jpeg_frame
 
 #: A set with fewer images than this is warned about (``dataset.MIN_RECOMMENDED``).
 MIN_IMAGES = MIN_RECOMMENDED
@@ -223,37 +224,13 @@ def _png_has_trns(data: np.ndarray) -> bool:
     return False
 
 
-#: JPEG start-of-frame markers (baseline, extended, progressive, lossless; Huffman and arithmetic).
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
 def _jpeg_header(data: np.ndarray) -> tuple[tuple[int, int], tuple[str, ...], bool] | None:
-    """(size, conversions, one colour channel) from a JPEG's start-of-frame segment, or None."""
-    if data.size < 4 or data[0] != 0xFF or data[1] != 0xD8:
+    """(size, conversions, one colour channel) from a JPEG's start-of-frame header, or None."""
+    frame = jpeg_frame(data)
+    if frame is None:
         return None
-    pos, n = 2, data.size
-    while pos + 4 <= n:
-        if data[pos] != 0xFF:
-            return None
-        marker = int(data[pos + 1])
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # no length
-            pos += 2
-            continue
-        length = (int(data[pos + 2]) << 8) | int(data[pos + 3])
-        if marker in _SOF and pos + 10 <= n:
-            precision = int(data[pos + 4])
-            height = (int(data[pos + 5]) << 8) | int(data[pos + 6])
-            width = (int(data[pos + 7]) << 8) | int(data[pos + 8])
-            components = int(data[pos + 9])
-            stored = (("12-bit",) if precision > 8 else ()) + (("CMYK",) if components == 4 else ())
-            return (width, height), stored, components == 1
-        if marker == 0xDA:  # scan data before any frame header: not a JPEG we can read
-            return None
-        pos += 2 + length
-    return None
+    stored = (("12-bit",) if frame.precision > 8 else ()) + (("CMYK",) if frame.components == 4 else ())
+    return (frame.width, frame.height), stored, frame.components == 1
 
 
 def _dhash(grey: np.ndarray) -> int:

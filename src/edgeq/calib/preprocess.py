@@ -12,6 +12,7 @@ to its input values, and where the letterbox padding goes (``center`` as Ultraly
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -132,7 +133,6 @@ def _png_chunks_fit(data: np.ndarray) -> bool:
 def _header_size(head: bytes) -> tuple[int, int] | None:
     """(width, height) from a PNG, JPEG, GIF, BMP, WebP, TIFF or PNM header; None for anything else."""
     import re
-    import struct
 
     if head[:4] in (b"II*\0", b"MM\0*") and len(head) >= 8:  # TIFF: ImageWidth / ImageLength of the first IFD
         end = "<" if head[:2] == b"II" else ">"
@@ -167,25 +167,50 @@ def _header_size(head: bytes) -> tuple[int, int] | None:
             w, h = struct.unpack("<2H", head[26:30])
             return w & 0x3FFF, h & 0x3FFF
         return None
-    if head[:2] == b"\xff\xd8":  # JPEG: walk the markers up to a start-of-frame
-        i = 2
-        while i + 9 <= len(head):
-            if head[i] != 0xFF:
+    frame = jpeg_frame(head)
+    return (frame.width, frame.height) if frame is not None else None
+
+
+#: JPEG start-of-frame markers (baseline, extended, progressive, lossless; Huffman and arithmetic).
+JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+@dataclass(frozen=True)
+class JpegFrame:
+    """A JPEG's start-of-frame header: size, bits per sample and colour components."""
+
+    width: int
+    height: int
+    precision: int
+    components: int
+
+
+def jpeg_frame(data: bytes | np.ndarray) -> JpegFrame | None:
+    """The start-of-frame header of a JPEG, read by walking its markers (None: not a JPEG, or the
+    frame header is not within ``data``)."""
+    data = bytes(data[:]) if isinstance(data, np.ndarray) else data
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # no length
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker in JPEG_SOF:
+            if i + 10 > n:
                 return None
-            marker = head[i + 1]
-            if marker == 0xFF:  # fill byte
-                i += 1
-                continue
-            if marker in (0x01, *range(0xD0, 0xD8)):  # no length
-                i += 2
-                continue
-            length = int.from_bytes(head[i + 2 : i + 4], "big")
-            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-                h, w = struct.unpack(">2H", head[i + 5 : i + 9])
-                return w, h
-            if length < 2:
-                return None
-            i += 2 + length
+            height, width = struct.unpack(">2H", data[i + 5 : i + 9])
+            return JpegFrame(width, height, data[i + 4], data[i + 9])
+        if marker == 0xDA or length < 2:  # scan data before any frame header
+            return None
+        i += 2 + length
     return None
 
 

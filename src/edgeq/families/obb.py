@@ -72,7 +72,7 @@ from edgeq.decode.fields import (
 from edgeq.decode.rotated import dist2rbox, rotated_hull, rotated_nms
 from edgeq.errors import ArtifactError
 from edgeq.families.base import DecodedError, HeadFamily, sigmoid
-from edgeq.graph.heads import Endpoint, HeadSpec, is_grid, not_found, unpack_concat
+from edgeq.graph.heads import Endpoint, HeadSpec, grid_inputs, not_found
 from edgeq.graph.load import ModelInfo
 from edgeq.graph.topology import Topology
 from edgeq.meta.build import TensorLike, physical_output
@@ -155,32 +155,8 @@ def _rotation_input(topo: Topology) -> str | None:
 
 
 def _grid_tensors(topo: Topology, start: str, imgsz: tuple[int, int]) -> list[str]:
-    """Per-scale 4-D tensors flattened by the tail on the way to ``start`` (Concats unpacked).
-
-    Walks back to every Reshape of a per-scale grid ``[1, C, H, W]`` to another rank, passing
-    through other rank changes (the DFL's own reshapes, whose 4-D shapes are no grid).
-    """
-    found: list[str] = []
-    seen: set[str] = set()
-    stack = [start]
-    while stack:
-        t = stack.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        node = topo.producer.get(t)
-        if node is None:
-            continue
-        src = node.input[0] if node.input else ""
-        shape = topo.shapes.get(src)
-        if (node.op_type == "Reshape" and shape is not None and len(shape) == 4 and topo.rank(node.output[0]) != 4
-                and is_grid(shape, imgsz)):
-            for part in unpack_concat(topo, src):
-                if part not in found:
-                    found.append(part)
-            continue
-        stack.extend(i for i in node.input if i and i not in topo.constants)
-    return found
+    """Per-scale 4-D tensors flattened by the tail on the way to ``start`` (Concats unpacked)."""
+    return grid_inputs(topo, [start], imgsz)
 
 
 def _scalar(topo: Topology, name: str) -> float | None:

@@ -61,7 +61,7 @@ from edgeq.families.yolov8 import (
     _find_reg_max,
     is_per_scale,
 )
-from edgeq.graph.heads import Endpoint, HeadSpec, is_grid, not_found, unpack_concat
+from edgeq.graph.heads import Endpoint, HeadSpec, grid_inputs, not_found, unpack_concat
 from edgeq.graph.load import ModelInfo
 from edgeq.graph.topology import Topology
 from edgeq.graph.view import GraphView
@@ -172,28 +172,8 @@ def _keypoint_formula(model: onnx.ModelProto, kpt4d: str, stride_min: int) -> tu
 
 
 def _grid_inputs(topo: Topology, start: str, imgsz: tuple[int, int]) -> list[str]:
-    """Per-scale 4-D tensors flattened on the way to ``start`` (the first grid on each path).
-
-    Like :func:`edgeq.graph.heads.tail_inputs`, but walks on through rank changes of tensors that
-    are not grids (the DFL's own reshapes), so 8.4's separately reshaped box branch is reached.
-    """
-    found: list[str] = []
-    seen: set[str] = set()
-    stack = [start]
-    while stack:
-        t = stack.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        node = topo.producer.get(t)
-        if node is None:
-            continue
-        if (node.op_type == "Reshape" and topo.rank(node.input[0]) == 4 and topo.rank(node.output[0]) != 4
-                and is_grid(topo.shapes[node.input[0]], imgsz)):
-            found.append(node.input[0])
-            continue
-        stack.extend(i for i in node.input if i and i not in topo.constants)
-    return found
+    """Per-scale 4-D tensors flattened on the way to ``start`` (the first grid on each path)."""
+    return grid_inputs(topo, [start], imgsz, unpack=False)
 
 
 def _type_parts(topo: Topology, grouped: str, reg_max: int, nc: int) -> list[tuple[str, str]]:

@@ -46,7 +46,7 @@ from edgeq.decode.fields import (
 )
 from edgeq.errors import ArtifactError
 from edgeq.families.base import DecodedError, HeadFamily, sigmoid
-from edgeq.graph.heads import Endpoint, HeadSpec, is_grid, not_found, sort_endpoints, unpack_concat
+from edgeq.graph.heads import Endpoint, HeadSpec, grid_inputs, not_found, sort_endpoints
 from edgeq.graph.load import ModelInfo
 from edgeq.graph.topology import Topology
 from edgeq.meta.build import TensorLike, physical_output
@@ -115,30 +115,9 @@ def _is_silu_sigmoid(topo: Topology, node: onnx.NodeProto) -> bool:
 
 
 def _grid_tensors(topo: Topology, info: ModelInfo) -> list[str]:
-    """The per-scale 4-D tensors of the decode tail, channel Concats unpacked.
-
-    Walks back from every rank-3 graph output to the Reshapes that flatten a per-scale grid
-    (``[1, C, H, W] -> [1, C, H*W]``), through any other rank change on the way (the DFL's own
-    reshapes): Ultralytics 8.3 flattens one box+class Concat per level, 8.4 each branch apart.
-    """
-    found: list[str] = []
-    seen: set[str] = set()
-    stack = [o.name for o in topo.graph.output if topo.rank(o.name) == 3]
-    while stack:
-        t = stack.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        node = topo.producer.get(t)
-        if node is None:
-            continue
-        if node.op_type == "Reshape" and topo.rank(node.input[0]) == 4 and topo.rank(node.output[0]) != 4:
-            x = node.input[0]
-            if is_grid(topo.shapes[x], info.imgsz):
-                found.extend(p for p in unpack_concat(topo, x) if p not in found)
-                continue
-        stack.extend(i for i in node.input if i and i not in topo.constants)
-    return found
+    """The per-scale 4-D tensors of the decode tail, channel Concats unpacked (from every rank-3
+    graph output back to the Reshapes that flatten a per-scale grid)."""
+    return grid_inputs(topo, [o.name for o in topo.graph.output if topo.rank(o.name) == 3], info.imgsz)
 
 
 def _int_attr(node: onnx.NodeProto, name: str, default: int) -> int:

@@ -12,6 +12,7 @@ endpoints are then typed by channel count and concat order.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -89,6 +90,35 @@ def tail_inputs(topo: Topology, output: str) -> list[str]:
             continue
         if node.op_type == "Reshape" and topo.rank(node.input[0]) == 4 and topo.rank(node.output[0]) != 4:
             found.append(node.input[0])
+            continue
+        stack.extend(i for i in node.input if i and i not in topo.constants)
+    return found
+
+
+def grid_inputs(topo: Topology, starts: Iterable[str], imgsz: tuple[int, int], *, unpack: bool = True) -> list[str]:
+    """Per-scale 4-D grids ``[1, C, H, W]`` that a decode tail flattens on the way to ``starts``.
+
+    Walks back to every Reshape of a grid (H and W divide the input with one stride) to another
+    rank, through the other rank changes on the way (the DFL's own reshapes, whose 4-D shapes are
+    no grid): Ultralytics 8.3 flattens one box+class Concat per level, 8.4 each branch apart.
+    ``unpack``: channel Concats are replaced by their inputs.
+    """
+    found: list[str] = []
+    seen: set[str] = set()
+    stack = list(starts)
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        node = topo.producer.get(t)
+        if node is None:
+            continue
+        src = node.input[0] if node.input else ""
+        shape = topo.shapes.get(src)
+        if (node.op_type == "Reshape" and shape is not None and len(shape) == 4
+                and topo.rank(node.output[0]) != 4 and is_grid(shape, imgsz)):
+            found.extend(p for p in (unpack_concat(topo, src) if unpack else [src]) if p not in found)
             continue
         stack.extend(i for i in node.input if i and i not in topo.constants)
     return found
