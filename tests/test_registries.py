@@ -97,3 +97,13 @@ def test_family_decoded_errors_measure_noise_against_the_float_outputs():
     kinds = {k: noise for k, noise, _ in get_family("yolov8").decoded_errors(ref, noisy, head)}
     assert set(kinds) == {"scores", "boxes"} and all(v > 0 for v in kinds.values())
     assert all(n == 0 for _, n, _ in get_family("yolov8").decoded_errors(ref, ref, head))
+
+
+@pytest.mark.parametrize("task,detection,segmentation", [
+    ("detect", True, False), ("segment", True, True), ("pose", True, False), ("obb", True, False),
+    ("classify", False, False), ("semantic", False, True),
+])
+def test_metadata_says_which_tasks_give_boxes_and_masks(task, detection, segmentation):
+    meta = ModelMeta("yolov8", task, ["a"], [1, 640, 640, 3], "nhwc", [Output("d", "detection", [1, 5, 8400])])
+    model = meta.to_json()["model"]
+    assert (model["detection"], model["segmentation"]) == (detection, segmentation)

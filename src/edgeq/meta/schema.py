@@ -212,8 +212,8 @@ class ModelMeta:
         d["input"].setdefault("cameraadaptor", "rgb")
         model = d.setdefault("model", {})
         model["task"] = {"detect": "detection", "segment": "segmentation"}.get(self.task, self.task)
-        model["detection"] = True
-        model["segmentation"] = self.task == "segment"
+        model["detection"] = self.task in ("detect", "segment", "pose", "obb")  # boxes come out
+        model["segmentation"] = self.task in ("segment", "semantic")
         return d
 
     @classmethod
