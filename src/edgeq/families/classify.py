@@ -39,7 +39,7 @@ from edgeq.decode.fields import Arrays, Candidates, QParams, quant_of
 from edgeq.errors import ArtifactError
 from edgeq.families.base import DecodedError, HeadFamily
 from edgeq.graph.cut import cut_at_head
-from edgeq.graph.heads import Endpoint, HeadSpec, not_found
+from edgeq.graph.heads import Endpoint, HeadSpec, not_found, producer_through
 from edgeq.graph.load import ModelInfo
 from edgeq.graph.topology import Topology
 from edgeq.meta.build import TensorLike
@@ -49,7 +49,6 @@ from edgeq.meta.schema import ModelMeta, Output, Quant
 CLASS_LOGITS = "class_logits"
 EXTENSION_VERSION = 1
 DECODER = f"edgeq-v{EXTENSION_VERSION}"
-_PASS_THROUGH = ("Identity", "Cast")
 
 
 class Classify(HeadFamily):
@@ -109,13 +108,6 @@ def class_logits_output(name: str, nc: int, dtype: str, scale: float, zero_point
 # ----------------------------------------------------------------------------- discovery
 
 
-def _producer_through(topo: Topology, tensor: str) -> onnx.NodeProto | None:
-    node = topo.producer.get(tensor)
-    while node is not None and node.op_type in _PASS_THROUGH:
-        node = topo.producer.get(node.input[0])
-    return node
-
-
 def _softmax_axis(node: onnx.NodeProto, opset: int) -> int:
     default = -1 if opset >= 13 else 1
     return next((a.i for a in node.attribute if a.name == "axis"), default)
@@ -131,7 +123,7 @@ def _discover(model: onnx.ModelProto, info: ModelInfo) -> HeadSpec | None:
     outs = list(topo.graph.output)
     if len(outs) != 1:
         return None
-    node = _producer_through(topo, outs[0].name)
+    node = producer_through(topo, outs[0].name)
     if node is None or node.op_type != "Softmax":
         return None
     logits = node.input[0]

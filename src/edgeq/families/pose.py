@@ -60,6 +60,7 @@ from edgeq.families.yolov8 import (
     _decoded_errors,
     _find_reg_max,
     is_per_scale,
+    per_scale_outputs,
 )
 from edgeq.graph.heads import Endpoint, HeadSpec, grid_inputs, not_found, unpack_concat
 from edgeq.graph.load import ModelInfo
@@ -264,18 +265,7 @@ def _outputs(head: HeadSpec, tensors: Sequence[TensorLike], layout: str = "nhwc"
     kpts, vis = head.of_kind(KEYPOINTS), head.of_kind(VISIBILITY)
     nk = vis[0].shape[1] if vis else kpts[0].shape[1] // 2
     ndim = 3 if vis else 2
-    outputs = []
-    for kind, width, feature in (("boxes", 4, "box_coords"), ("scores", head.nc, "num_classes")):
-        logical = Output(
-            name=kind, type=kind, shape=[1, width, total],
-            dshape=[("batch", 1), (feature, width), ("num_boxes", total)], decoder="ultralytics",
-            children=[physical_output(by_name[e.name], kind, e.stride, e.scale_index, layout) for e in head.of_kind(kind)],
-        )
-        if kind == "boxes":
-            logical.encoding, logical.normalized = ("dfl" if head.reg_max > 1 else "ltrb"), False
-        else:
-            logical.score_format, logical.activation_required = "per_class", "sigmoid"
-        outputs.append(logical)
+    outputs = per_scale_outputs(head, tensors, layout)  # boxes and scores, as detect heads write them
     children = []
     for e in sorted(kpts + vis, key=lambda e: (e.scale_index or 0, _ORDER[e.kind])):
         child = physical_output(by_name[e.name], LANDMARKS_XY if e.kind == KEYPOINTS else LANDMARKS_VIS,

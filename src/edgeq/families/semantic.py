@@ -35,14 +35,13 @@ import onnx
 from edgeq.decode.fields import Arrays, Candidates, QParams, feature_axis, quant_of
 from edgeq.errors import ArtifactError
 from edgeq.families.base import HeadFamily
-from edgeq.graph.heads import Endpoint, HeadSpec, not_found
+from edgeq.graph.heads import Endpoint, HeadSpec, not_found, producer_through
 from edgeq.graph.load import ModelInfo
 from edgeq.graph.topology import Topology
 from edgeq.meta.build import TensorLike, physical_output
 from edgeq.meta.schema import ModelMeta, Output, Quant
 
 SEGMENTATION = "segmentation"
-_PASS_THROUGH = ("Identity", "Cast")
 _HALF_PIXEL = (b"half_pixel", b"pytorch_half_pixel")
 
 
@@ -81,20 +80,13 @@ def _attr(node: onnx.NodeProto, name: str, default):
     return default
 
 
-def _producer_through(topo: Topology, tensor: str) -> onnx.NodeProto | None:
-    node = topo.producer.get(tensor)
-    while node is not None and node.op_type in _PASS_THROUGH:
-        node = topo.producer.get(node.input[0])
-    return node
-
-
 def _discover(model: onnx.ModelProto, info: ModelInfo) -> HeadSpec | None:
     """The per-class logits of a semantic-segmentation graph (None: the output is no channel ArgMax)."""
     topo = Topology.of(model)
     outs = list(topo.graph.output)
     if len(outs) != 1:
         return None
-    argmax = _producer_through(topo, outs[0].name)
+    argmax = producer_through(topo, outs[0].name)
     if argmax is None or argmax.op_type != "ArgMax":
         return None
     scores = argmax.input[0]

@@ -45,11 +45,11 @@ import onnx
 from edgeq.decode.fields import Arrays, Candidates, feature_axis, make_field, quant_of
 from edgeq.errors import ArtifactError
 from edgeq.families.base import DecodedError, HeadFamily, sigmoid
-from edgeq.families.yolov8 import PerScaleHead, is_per_scale
+from edgeq.families.yolov8 import PerScaleHead, is_per_scale, per_scale_outputs
 from edgeq.graph.heads import Endpoint, HeadSpec, is_grid, not_found, sort_endpoints
 from edgeq.graph.load import ModelInfo
 from edgeq.graph.topology import Topology
-from edgeq.meta.build import TensorLike, physical_output
+from edgeq.meta.build import TensorLike
 from edgeq.meta.schema import ModelMeta, Output, Quant
 
 #: detections an end-to-end YOLO26 keeps (Ultralytics ``max_det``; the in-graph TopK's k)
@@ -81,7 +81,7 @@ class YOLO26(HeadFamily):
         return _discover(model, info)
 
     def outputs(self, head: HeadSpec, tensors: Sequence[TensorLike], layout: str = "nhwc") -> list[Output]:
-        return _outputs(head, tensors, layout)
+        return per_scale_outputs(head, tensors, layout)  # ltrb boxes: reg_max 1
 
     def decodes(self, meta: ModelMeta) -> bool:
         if meta.decoder_version != self.name:
@@ -258,35 +258,6 @@ def _discover(model: onnx.ModelProto, info: ModelInfo) -> HeadSpec | None:
 
 
 # ----------------------------------------------------------------------------- metadata
-
-
-def _outputs(head: HeadSpec, tensors: Sequence[TensorLike], layout: str = "nhwc") -> list[Output]:
-    """Logical boxes (ltrb), scores, mask_coefs with per-scale children, plus protos."""
-    by_name = {t.name: t for t in tensors}
-    total = sum(e.shape[2] * e.shape[3] for e in head.of_kind("boxes"))
-    widths = {"boxes": 4, "scores": head.nc, "mask_coefs": head.nm}
-    feature = {"boxes": "box_coords", "scores": "num_classes", "mask_coefs": "num_protos"}
-    outputs = []
-    for kind in ("boxes", "scores", "mask_coefs"):
-        eps = head.of_kind(kind)
-        if not eps:
-            continue
-        logical = Output(
-            name=kind,
-            type=kind,
-            shape=[1, widths[kind], total],
-            dshape=[("batch", 1), (feature[kind], widths[kind]), ("num_boxes", total)],
-            decoder="ultralytics",
-            children=[physical_output(by_name[e.name], kind, e.stride, e.scale_index, layout) for e in eps],
-        )
-        if kind == "boxes":
-            logical.encoding, logical.normalized = "ltrb", False
-        if kind == "scores":
-            logical.score_format, logical.activation_required = "per_class", "sigmoid"
-        outputs.append(logical)
-    for e in head.of_kind("protos"):
-        outputs.append(physical_output(by_name[e.name], "protos", e.stride, None, layout))
-    return outputs
 
 
 # ----------------------------------------------------------------------------- decoding

@@ -64,7 +64,7 @@ class YOLOv8(HeadFamily):
         return _discover(model, info)
 
     def outputs(self, head: HeadSpec, tensors: Sequence[TensorLike], layout: str = "nhwc") -> list[Output]:
-        return _outputs(head, tensors, layout)
+        return per_scale_outputs(head, tensors, layout)
 
     def decodes(self, meta: ModelMeta) -> bool:
         boxes = meta.output("boxes")
@@ -280,8 +280,12 @@ def _discover(model: onnx.ModelProto, info: ModelInfo) -> HeadSpec | None:
 # ----------------------------------------------------------------------------- metadata
 
 
-def _outputs(head: HeadSpec, tensors: Sequence[TensorLike], layout: str = "nhwc") -> list[Output]:
-    """Logical outputs (boxes, scores, mask_coefs) with per-scale children, plus protos."""
+def per_scale_outputs(head: HeadSpec, tensors: Sequence[TensorLike], layout: str = "nhwc") -> list[Output]:
+    """Logical outputs (boxes, scores, mask_coefs) with per-scale children, plus protos.
+
+    Boxes are ``encoding: dfl`` with a DFL (``reg_max`` > 1), else ``ltrb`` grid distances
+    (YOLO26); the YOLO26 and pose families write their box and score outputs with this too.
+    """
     by_name = {t.name: t for t in tensors}
     total = sum(e.shape[2] * e.shape[3] for e in head.of_kind("boxes"))
     widths = {"boxes": 4, "scores": head.nc, "mask_coefs": head.nm}
@@ -300,7 +304,7 @@ def _outputs(head: HeadSpec, tensors: Sequence[TensorLike], layout: str = "nhwc"
             children=[physical_output(by_name[e.name], kind, e.stride, e.scale_index, layout) for e in eps],
         )
         if kind == "boxes":
-            logical.encoding, logical.normalized = "dfl", False
+            logical.encoding, logical.normalized = ("dfl" if head.reg_max > 1 else "ltrb"), False
         if kind == "scores":
             logical.score_format, logical.activation_required = "per_class", "sigmoid"
         outputs.append(logical)

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-import onnx  # noqa: F401  (type context for callers)
+import onnx
 
 from edgeq.errors import HeadNotFoundError
 from edgeq.graph.topology import Topology
@@ -122,6 +122,14 @@ def grid_inputs(topo: Topology, starts: Iterable[str], imgsz: tuple[int, int], *
             continue
         stack.extend(i for i in node.input if i and i not in topo.constants)
     return found
+
+
+def producer_through(topo: Topology, tensor: str, skip: tuple[str, ...] = ("Identity", "Cast")) -> onnx.NodeProto | None:
+    """The node computing ``tensor``, looking through value-preserving ops (``skip``)."""
+    node = topo.producer.get(tensor)
+    while node is not None and node.op_type in skip:
+        node = topo.producer.get(node.input[0])
+    return node
 
 
 def unpack_concat(topo: Topology, tensor: str) -> list[str]:
